@@ -1,0 +1,278 @@
+//! Outbound HTTP policy for plugins.
+//!
+//! Isolation model: a plugin reaches only its job's allowed origins, matched exactly on
+//! scheme, host and port (a leading `*.` matches subdomains). Everything else is refused in
+//! [`WasiHttpHooks::send_request`] before any connection is made, and the guest sees
+//! `HTTP-request-denied`. Redirects are never followed (the default sender does not), and
+//! connect / first-byte / between-bytes timeouts are capped by the host whatever the guest
+//! asks.
+
+use std::time::Duration;
+use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
+
+/// `scheme://host:port`, with the port made explicit.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Origin {
+    /// `http` or `https`.
+    pub scheme: String,
+    /// Lower-case host; for a wildcard origin, the suffix after `*.`.
+    pub host: String,
+    /// Port, defaulted from the scheme.
+    pub port: u16,
+    /// `*.host`: any subdomain of `host` (not `host` itself).
+    pub wildcard: bool,
+}
+
+impl Origin {
+    /// Parses an allow-list entry: `https://host[:port]`, optionally `https://*.host`.
+    /// A path other than `/`, a query or credentials are refused: an origin is not a URL.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (wildcard, to_parse) = match text.split_once("://*.") {
+            Some((scheme, rest)) => (true, format!("{scheme}://{rest}")),
+            None => (false, text.to_string()),
+        };
+        let url = url::Url::parse(&to_parse).map_err(|e| format!("`{text}` is not an origin: {e}"))?;
+        if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+            return Err(format!(
+                "`{text}` is not an origin: give scheme://host[:port] without a path"
+            ));
+        }
+        let mut origin = Self::from_url(&url, text)?;
+        origin.wildcard = wildcard;
+        Ok(origin)
+    }
+
+    /// The origin of a full URL (a token endpoint or authority).
+    pub fn of_url(text: &str) -> Result<Self, String> {
+        let url = url::Url::parse(text).map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+        Self::from_url(&url, text)
+    }
+
+    fn from_url(url: &url::Url, text: &str) -> Result<Self, String> {
+        let scheme = url.scheme();
+        if scheme != "http" && scheme != "https" {
+            return Err(format!("`{text}`: the scheme must be http or https"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!("`{text}`: credentials in a URL are not allowed"));
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| format!("`{text}` has no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| format!("`{text}` has no port"))?;
+        Ok(Self {
+            scheme: scheme.to_string(),
+            host,
+            port,
+            wildcard: false,
+        })
+    }
+
+    /// Whether a request to `scheme://host:port` falls under this origin.
+    pub fn matches(&self, scheme: &str, host: &str, port: u16) -> bool {
+        if self.scheme != scheme || self.port != port {
+            return false;
+        }
+        if self.wildcard {
+            host.len() > self.host.len() + 1
+                && host.ends_with(&self.host)
+                && host.as_bytes()[host.len() - self.host.len() - 1] == b'.'
+        } else {
+            self.host == host
+        }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let star = if self.wildcard { "*." } else { "" };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        write!(f, "{}://{star}{host}:{}", self.scheme, self.port)
+    }
+}
+
+/// Host-side bounds on one HTTP exchange, applied whatever the guest asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// TCP (and TLS) connect.
+    pub connect_timeout: Duration,
+    /// Until the response head arrives.
+    pub first_byte_timeout: Duration,
+    /// Between body frames.
+    pub between_bytes_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            first_byte_timeout: Duration::from_secs(30),
+            between_bytes_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl HttpLimits {
+    /// The guest's options, each clamped to the host's bound.
+    pub fn clamp(&self, guest: Option<RequestOptions>) -> RequestOptions {
+        let guest = guest.unwrap_or_default();
+        let pick = |asked: Option<Duration>, cap: Duration| Some(asked.map_or(cap, |a| a.min(cap)));
+        RequestOptions {
+            connect_timeout: pick(guest.connect_timeout, self.connect_timeout),
+            first_byte_timeout: pick(guest.first_byte_timeout, self.first_byte_timeout),
+            between_bytes_timeout: pick(guest.between_bytes_timeout, self.between_bytes_timeout),
+        }
+    }
+}
+
+/// The per-run wasi:http hooks: the allow-list and the limits.
+pub struct EgressPolicy {
+    allowed: Vec<Origin>,
+    limits: HttpLimits,
+    /// Origins refused during this run, for the run report.
+    pub denied: Vec<String>,
+}
+
+impl EgressPolicy {
+    /// A policy allowing exactly `allowed`.
+    pub fn new(allowed: Vec<Origin>, limits: HttpLimits) -> Self {
+        Self {
+            allowed,
+            limits,
+            denied: Vec::new(),
+        }
+    }
+
+    /// Whether the URI's origin is allowed.
+    pub fn allows(&self, uri: &http::Uri) -> bool {
+        let Some(scheme) = uri.scheme_str() else {
+            return false;
+        };
+        let Some(host) = uri.host() else {
+            return false;
+        };
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let port = match (uri.port_u16(), scheme) {
+            (Some(p), _) => p,
+            (None, "https") => 443,
+            (None, "http") => 80,
+            _ => return false,
+        };
+        self.allowed
+            .iter()
+            .any(|o| o.matches(scheme, &host, port))
+    }
+}
+
+type SendResult = wasmtime_wasi_http::Result<(
+    http::Response<WasiBody>,
+    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+)>;
+
+impl WasiHttpHooks for EgressPolicy {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
+        _ = fut;
+        if !self.allows(request.uri()) {
+            let uri = request.uri();
+            let origin = format!(
+                "{}://{}",
+                uri.scheme_str().unwrap_or("?"),
+                uri.authority().map_or("?", |a| a.as_str())
+            );
+            tracing::warn!(%origin, "egress denied: origin not in the job's allow-list");
+            self.denied.push(origin);
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        let options = self.limits.clamp(options);
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (res, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            Ok((
+                res.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_match_exactly() {
+        let o = Origin::parse("https://login.microsoftonline.com").unwrap();
+        assert!(o.matches("https", "login.microsoftonline.com", 443));
+        assert!(!o.matches("http", "login.microsoftonline.com", 443));
+        assert!(!o.matches("https", "login.microsoftonline.com", 8443));
+        assert!(!o.matches("https", "evil.login.microsoftonline.com", 443));
+        assert!(!o.matches("https", "login.microsoftonline.com.evil", 443));
+    }
+
+    #[test]
+    fn wildcards_match_subdomains_only() {
+        let o = Origin::parse("https://*.example.com").unwrap();
+        assert!(o.matches("https", "a.example.com", 443));
+        assert!(o.matches("https", "a.b.example.com", 443));
+        assert!(!o.matches("https", "example.com", 443));
+        assert!(!o.matches("https", "badexample.com", 443));
+    }
+
+    #[test]
+    fn origin_parsing_refuses_non_origins() {
+        for bad in [
+            "ftp://x",
+            "https://u:p@x",
+            "https://x/path",
+            "https://x?q",
+            "not a url",
+        ] {
+            assert!(Origin::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Origin::parse("http://127.0.0.1:9").unwrap().port, 9);
+        assert_eq!(Origin::parse("HTTPS://Host.Example/").unwrap().host, "host.example");
+    }
+
+    #[test]
+    fn allow_list_checks_uri_scheme_host_and_port() {
+        let p = EgressPolicy::new(
+            vec![Origin::parse("http://127.0.0.1:8080").unwrap()],
+            HttpLimits::default(),
+        );
+        assert!(p.allows(&"http://127.0.0.1:8080/t".parse().unwrap()));
+        assert!(!p.allows(&"http://127.0.0.1:8081/t".parse().unwrap()));
+        assert!(!p.allows(&"https://127.0.0.1:8080/t".parse().unwrap()));
+        assert!(!p.allows(&"http://localhost:8080/t".parse().unwrap()));
+    }
+
+    #[test]
+    fn guest_timeouts_are_clamped() {
+        let limits = HttpLimits::default();
+        let asked = RequestOptions {
+            connect_timeout: Some(Duration::from_secs(3600)),
+            first_byte_timeout: Some(Duration::ZERO),
+            between_bytes_timeout: None,
+        };
+        let got = limits.clamp(Some(asked));
+        assert_eq!(got.connect_timeout, Some(limits.connect_timeout));
+        assert_eq!(got.first_byte_timeout, Some(Duration::ZERO));
+        assert_eq!(got.between_bytes_timeout, Some(limits.between_bytes_timeout));
+    }
+}

@@ -1,0 +1,108 @@
+//! The `secrets` interface, backed by the store and limited by the job's grants.
+//!
+//! Isolation model: the plugin names roles, never store names. A job's `[jobs.secrets]`
+//! table maps each role to one store name; `access-token` is the only writable role. Any
+//! other role, or a write to a read-only one, gets `access-denied`, so a plugin cannot read
+//! or overwrite secrets of other jobs.
+
+use crate::bindings::secrets;
+use crate::config::SecretRoles;
+use crate::store::SecretStore;
+use secrecy::{ExposeSecret, SecretString};
+use std::sync::Arc;
+
+/// One role a job grants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// The plugin's role name, e.g. `client-secret`.
+    pub role: &'static str,
+    /// The store name it maps to.
+    pub name: String,
+    /// Whether the plugin may write it.
+    pub writable: bool,
+}
+
+/// A job's whole grant.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grants(pub Vec<Grant>);
+
+impl Grants {
+    /// The grants of a `[jobs.secrets]` table.
+    pub fn from_roles(roles: &SecretRoles) -> Self {
+        let read = |role, name: &String| Grant {
+            role,
+            name: name.clone(),
+            writable: false,
+        };
+        let mut grants = vec![
+            read("client-id", &roles.client_id),
+            read("client-secret", &roles.client_secret),
+        ];
+        if let Some(t) = &roles.tenant_id {
+            grants.push(read("tenant-id", t));
+        }
+        grants.push(Grant {
+            role: "access-token",
+            name: roles.access_token.clone(),
+            writable: true,
+        });
+        Self(grants)
+    }
+
+    fn find(&self, role: &str) -> Option<&Grant> {
+        self.0.iter().find(|g| g.role == role)
+    }
+}
+
+/// Per-run state behind the `secrets` interface.
+pub struct SecretsCtx {
+    grants: Grants,
+    store: Arc<dyn SecretStore>,
+    /// The roles the plugin wrote during this run, with the expiry it gave.
+    pub written: Vec<(&'static str, Option<u64>)>,
+}
+
+impl SecretsCtx {
+    /// A context for one run.
+    pub fn new(grants: Grants, store: Arc<dyn SecretStore>) -> Self {
+        Self {
+            grants,
+            store,
+            written: Vec::new(),
+        }
+    }
+}
+
+impl secrets::Host for SecretsCtx {
+    fn get(&mut self, role: String) -> Result<Option<String>, secrets::Error> {
+        let Some(grant) = self.grants.find(&role) else {
+            tracing::warn!(%role, "plugin asked for a secret role its job does not bind");
+            return Err(secrets::Error::AccessDenied(role));
+        };
+        match self.store.get(&grant.name) {
+            Ok(found) => Ok(found.map(|s| s.value.expose_secret().to_string())),
+            Err(e) => Err(secrets::Error::Unavailable(e.to_string())),
+        }
+    }
+
+    fn set(
+        &mut self,
+        role: String,
+        value: String,
+        expires_at: Option<u64>,
+    ) -> Result<(), secrets::Error> {
+        let grant = match self.grants.find(&role) {
+            Some(g) if g.writable => g,
+            _ => {
+                tracing::warn!(%role, "plugin tried to write a secret role it may not write");
+                return Err(secrets::Error::AccessDenied(role));
+            }
+        };
+        let value = SecretString::from(value);
+        self.store
+            .set(&grant.name, &value, expires_at)
+            .map_err(|e| secrets::Error::Unavailable(e.to_string()))?;
+        self.written.push((grant.role, expires_at));
+        Ok(())
+    }
+}

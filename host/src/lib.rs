@@ -1,0 +1,24 @@
+//! tokenwarden: a sandboxed OAuth 2.0 client-credentials token refresher.
+//!
+//! A WebAssembly component (built into this crate, see [`runtime::BUILTIN_COMPONENT`])
+//! fetches tokens; this library is the wasmtime host that runs it with exactly the
+//! capabilities its job grants. Modules by capability:
+//! [`config`] (the TOML contract), [`store`] (durable secrets), [`egress`] (outbound HTTP
+//! policy), [`grants`] (the `secrets` interface), [`runtime`] (engine and runs),
+//! [`emulator`] (an Entra-compatible token endpoint), [`cli`] (the `tokenwarden` command).
+
+mod bindings;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod egress;
+pub mod emulator;
+pub mod grants;
+pub mod outcome;
+pub mod runtime;
+pub mod store;
+
+pub use config::{Config, JobConfig};
+pub use outcome::{Outcome, PluginError, RunError};
+pub use runtime::{RunReport, Runtime, RuntimeOptions};
+pub use store::{SecretStore, sqlite::SqliteStore};

@@ -1,0 +1,5 @@
+//! The `tokenwarden` binary: all logic lives in the library.
+
+fn main() -> std::process::ExitCode {
+    std::process::ExitCode::from(tokenwarden::cli::main())
+}

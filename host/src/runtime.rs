@@ -1,0 +1,293 @@
+//! The wasmtime runtime: one Engine and Linker, one `InstancePre` per component, and a fresh
+//! Store and instance for every run.
+//!
+//! Isolation model: a run's Store holds only what its job grants: an empty WASI context (no
+//! files, environment, arguments or sockets), wasi:http behind [`EgressPolicy`], and the
+//! job's secret roles. It is bounded by a memory cap ([`wasmtime::StoreLimits`]), an epoch
+//! deadline for CPU loops and a wall-clock timeout for waits. A trap ends that run only.
+
+use crate::bindings::{Refresher, RefresherPre, action};
+use crate::config::{ClientAuth, JobConfig};
+use crate::egress::{EgressPolicy, HttpLimits};
+use crate::grants::{Grants, SecretsCtx};
+use crate::outcome::{OAuthError, Outcome, PluginError, RunError};
+use crate::store::SecretStore;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// The component built into this binary (see `build.rs`).
+pub static BUILTIN_COMPONENT: &[u8] = include_bytes!(env!("TOKENWARDEN_PLUGIN_WASM"));
+
+/// How often the epoch advances; deadlines are counted in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Limits applied to every run.
+#[derive(Clone, Debug)]
+pub struct RuntimeOptions {
+    /// Linear memory a plugin may grow to, in bytes.
+    pub max_memory: usize,
+    /// Table elements a plugin may have.
+    pub max_table_elements: usize,
+    /// HTTP timeouts enforced whatever the plugin asks.
+    pub http: HttpLimits,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self {
+            max_memory: 64 << 20,
+            max_table_elements: 20_000,
+            http: HttpLimits::default(),
+        }
+    }
+}
+
+/// What a run reports besides the plugin's outcome.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RunReport {
+    /// The plugin's outcome.
+    pub outcome: Outcome,
+    /// Store name the token went to.
+    pub token_secret: String,
+    /// Wall-clock duration of the run.
+    #[serde(with = "millis")]
+    pub duration: Duration,
+}
+
+mod millis {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u128(d.as_millis())
+    }
+}
+
+/// The per-run Store data.
+struct RunState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    egress: EgressPolicy,
+    secrets: SecretsCtx,
+    limits: StoreLimits,
+}
+
+impl WasiView for RunState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for RunState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.egress,
+        }
+    }
+}
+
+/// Runs token-refresh components. Cheap to share (`Arc`); compile work happens once per
+/// component.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<RunState>,
+    options: RuntimeOptions,
+    builtin: OnceLock<RefresherPre<RunState>>,
+    custom: Mutex<HashMap<PathBuf, RefresherPre<RunState>>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+fn component_err(context: &str) -> impl Fn(wasmtime::Error) -> RunError + '_ {
+    move |e| RunError::Component(format!("{context}: {e:#}"))
+}
+
+impl Runtime {
+    /// Builds the engine and linker and starts the epoch ticker.
+    pub fn new(options: RuntimeOptions) -> Result<Self, RunError> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(component_err("engine"))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(component_err("linker"))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(component_err("linker"))?;
+        crate::bindings::secrets::add_to_linker::<RunState, HasSelf<SecretsCtx>>(
+            &mut linker,
+            |s| &mut s.secrets,
+        )
+        .map_err(component_err("linker"))?;
+        // The ticker holds only a weak handle, so it ends with the last Runtime.
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("tokenwarden-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| RunError::Component(format!("epoch thread: {e}")))?;
+        Ok(Self {
+            engine,
+            linker,
+            options,
+            builtin: OnceLock::new(),
+            custom: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn prepare(&self, bytes: &[u8], what: &str) -> Result<RefresherPre<RunState>, RunError> {
+        let component = Component::new(&self.engine, bytes).map_err(component_err(what))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(component_err(what))?;
+        RefresherPre::new(pre).map_err(component_err(what))
+    }
+
+    fn pre_for(&self, plugin: Option<&Path>) -> Result<RefresherPre<RunState>, RunError> {
+        match plugin {
+            None => {
+                if let Some(pre) = self.builtin.get() {
+                    return Ok(pre.clone());
+                }
+                let pre = self.prepare(BUILTIN_COMPONENT, "built-in component")?;
+                Ok(self.builtin.get_or_init(|| pre).clone())
+            }
+            Some(path) => {
+                let mut custom = self.custom.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(pre) = custom.get(path) {
+                    return Ok(pre.clone());
+                }
+                let bytes = std::fs::read(path).map_err(|e| {
+                    RunError::Component(format!("cannot read plugin {}: {e}", path.display()))
+                })?;
+                let pre = self.prepare(&bytes, &path.display().to_string())?;
+                custom.insert(path.to_path_buf(), pre.clone());
+                Ok(pre)
+            }
+        }
+    }
+
+    /// Compiles a job's component now rather than at its first run.
+    pub fn preload(&self, job: &JobConfig) -> Result<(), RunError> {
+        self.pre_for(job.plugin.as_deref()).map(drop)
+    }
+
+    /// Runs `job` once: the plugin fetches a token and stores it in `store`.
+    pub async fn run(
+        &self,
+        job: &JobConfig,
+        store: Arc<dyn SecretStore>,
+    ) -> Result<RunReport, RunError> {
+        let started = Instant::now();
+        let pre = self.pre_for(job.plugin.as_deref())?;
+        let allowed = job.effective_allow_list().map_err(RunError::Config)?;
+        let state = RunState {
+            wasi: WasiCtx::builder()
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            egress: EgressPolicy::new(allowed, self.options.http),
+            secrets: SecretsCtx::new(Grants::from_roles(&job.secrets), store),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.options.max_memory)
+                .table_elements(self.options.max_table_elements)
+                .instances(16)
+                .build(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        let ticks = (job.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+
+        let request = action::Request {
+            scope: job.scope.clone(),
+            authority: job.authority.clone(),
+            token_url: job.token_url.clone(),
+            client_auth: match job.client_auth {
+                ClientAuth::ClientSecretPost => action::ClientAuth::ClientSecretPost,
+                ClientAuth::ClientSecretBasic => action::ClientAuth::ClientSecretBasic,
+            },
+            extra_params: job
+                .token_params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        let call = async {
+            let refresher: Refresher = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(component_err("instantiate"))?;
+            refresher
+                .tokenwarden_refresh_action()
+                .call_refresh(&mut store, &request)
+                .await
+                .map_err(|trap| RunError::Trap(format!("{trap:#}")))
+        };
+        let result = match tokio::time::timeout(job.timeout, call).await {
+            Ok(r) => r?,
+            Err(_) => return Err(RunError::Timeout(job.timeout)),
+        };
+        match result {
+            Ok(o) => Ok(RunReport {
+                outcome: Outcome {
+                    token_type: o.token_type,
+                    expires_in: o.expires_in,
+                    expires_at: o.expires_at,
+                    ext_expires_in: o.ext_expires_in,
+                    refresh_in: o.refresh_in,
+                    scope: o.scope,
+                },
+                token_secret: job.secrets.access_token.clone(),
+                duration: started.elapsed(),
+            }),
+            Err(e) => Err(RunError::Plugin(from_wit(e))),
+        }
+    }
+}
+
+fn from_wit(e: action::Error) -> PluginError {
+    use action::Error as W;
+    match e {
+        W::MissingSecret(s) => PluginError::MissingSecret(s),
+        W::AccessDenied(s) => PluginError::AccessDenied(s),
+        W::SecretStore(s) => PluginError::SecretStore(s),
+        W::EgressDenied(s) => PluginError::EgressDenied(s),
+        W::Transport(s) => PluginError::Transport(s),
+        W::Throttled(s) => PluginError::Throttled(s),
+        W::ServerError(s) => PluginError::ServerError(s),
+        W::Rejected(o) => PluginError::Rejected(OAuthError {
+            status: o.status,
+            error: o.error,
+            description: o.description,
+            error_codes: o.error_codes,
+            trace_id: o.trace_id,
+            correlation_id: o.correlation_id,
+        }),
+        W::InvalidResponse(s) => PluginError::InvalidResponse(s),
+        W::BadRequest(s) => PluginError::BadRequest(s),
+    }
+}

@@ -1,0 +1,219 @@
+//! The component shell: WIT bindings, wasi:http transport and type conversions. All
+//! decisions live in [`crate::flow`] and [`crate::oauth`].
+
+use crate::flow::{self, Env};
+use crate::oauth::{self, HttpReply, HttpRequest};
+use exports::tokenwarden::refresh::action::{self, Guest};
+use tokenwarden::refresh::secrets;
+use wasip2::http::outgoing_handler;
+use wasip2::http::types::{
+    ErrorCode, Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, Scheme,
+};
+use wasip2::io::streams::StreamError;
+
+wit_bindgen::generate!({
+    path: "../wit",
+    world: "tokenwarden:refresh/refresher",
+    with: {
+        "wasi:http/types@0.2.12": wasip2::http::types,
+        "wasi:http/outgoing-handler@0.2.12": wasip2::http::outgoing_handler,
+        "wasi:io/streams@0.2.12": wasip2::io::streams,
+        "wasi:io/error@0.2.12": wasip2::io::error,
+        "wasi:io/poll@0.2.12": wasip2::io::poll,
+        "wasi:clocks/monotonic-clock@0.2.12": wasip2::clocks::monotonic_clock,
+        "wasi:clocks/wall-clock@0.2.12": wasip2::clocks::wall_clock,
+    },
+});
+
+struct Component;
+export!(Component);
+
+impl Guest for Component {
+    fn refresh(req: action::Request) -> Result<action::Outcome, action::Error> {
+        let req = oauth::Request {
+            scope: req.scope,
+            authority: req.authority,
+            token_url: req.token_url,
+            client_auth: match req.client_auth {
+                action::ClientAuth::ClientSecretPost => oauth::ClientAuth::Post,
+                action::ClientAuth::ClientSecretBasic => oauth::ClientAuth::Basic,
+            },
+            extra_params: req.extra_params,
+        };
+        flow::refresh(&Wasi, &req)
+            .map(|o| action::Outcome {
+                token_type: o.token_type,
+                expires_in: o.expires_in,
+                expires_at: o.expires_at,
+                ext_expires_in: o.ext_expires_in,
+                refresh_in: o.refresh_in,
+                scope: o.scope,
+            })
+            .map_err(to_wit)
+    }
+}
+
+fn to_wit(e: oauth::Error) -> action::Error {
+    use action::Error as W;
+    use oauth::Error as E;
+    match e {
+        E::MissingSecret(s) => W::MissingSecret(s),
+        E::AccessDenied(s) => W::AccessDenied(s),
+        E::SecretStore(s) => W::SecretStore(s),
+        E::EgressDenied(s) => W::EgressDenied(s),
+        E::Transport(s) => W::Transport(s),
+        E::Throttled(s) => W::Throttled(s),
+        E::ServerError(s) => W::ServerError(s),
+        E::Rejected(o) => W::Rejected(action::OauthError {
+            status: o.status,
+            error: o.error,
+            description: o.description,
+            error_codes: o.error_codes,
+            trace_id: o.trace_id,
+            correlation_id: o.correlation_id,
+        }),
+        E::InvalidResponse(s) => W::InvalidResponse(s),
+        E::BadRequest(s) => W::BadRequest(s),
+    }
+}
+
+fn from_secrets(e: secrets::Error) -> oauth::Error {
+    match e {
+        secrets::Error::AccessDenied(role) => oauth::Error::AccessDenied(role),
+        secrets::Error::Unavailable(msg) => oauth::Error::SecretStore(msg),
+    }
+}
+
+/// The real environment: the host's secrets and wasi:http.
+struct Wasi;
+
+impl Env for Wasi {
+    fn secret(&self, role: &str) -> Result<Option<String>, oauth::Error> {
+        secrets::get(role).map_err(from_secrets)
+    }
+
+    fn store(&self, role: &str, value: &str, expires_at: Option<u64>) -> Result<(), oauth::Error> {
+        secrets::set(role, value, expires_at).map_err(from_secrets)
+    }
+
+    fn send(&self, request: &HttpRequest) -> Result<HttpReply, oauth::Error> {
+        send(request)
+    }
+
+    fn now(&self) -> u64 {
+        wasip2::clocks::wall_clock::now().seconds
+    }
+}
+
+fn transport(code: &ErrorCode, origin: &str) -> oauth::Error {
+    match code {
+        ErrorCode::HttpRequestDenied => oauth::Error::EgressDenied(origin.to_string()),
+        other => oauth::Error::Transport(format!("{origin}: {other:?}")),
+    }
+}
+
+fn send(request: &HttpRequest) -> Result<HttpReply, oauth::Error> {
+    let origin = request.endpoint.origin();
+    let bad = |what: &str| oauth::Error::BadRequest(format!("{origin}: {what}"));
+    let entries: Vec<(String, Vec<u8>)> = request.headers.clone();
+    let headers = Fields::from_list(&entries).map_err(|e| bad(&format!("header refused: {e:?}")))?;
+    let out = OutgoingRequest::new(headers);
+    out.set_method(&Method::Post).map_err(|_| bad("method"))?;
+    let scheme = if request.endpoint.https {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
+    out.set_scheme(Some(&scheme)).map_err(|_| bad("scheme"))?;
+    out.set_authority(Some(&request.endpoint.authority))
+        .map_err(|_| bad("invalid authority"))?;
+    out.set_path_with_query(Some(&request.endpoint.path_and_query))
+        .map_err(|_| bad("invalid path"))?;
+    let body = out.body().map_err(|_| bad("body taken twice"))?;
+    let pending = outgoing_handler::handle(out, None).map_err(|c| transport(&c, &origin))?;
+
+    // A refused request first shows up as a failed body write; the reason is on the
+    // response future, so a write failure only stops writing.
+    let written = write_body(body, &request.body);
+    let pollable = pending.subscribe();
+    pollable.block();
+    let response = match pending.get() {
+        Some(Ok(Ok(response))) => response,
+        Some(Ok(Err(code))) => return Err(transport(&code, &origin)),
+        Some(Err(())) | None => {
+            return Err(oauth::Error::Transport(format!("{origin}: no response")));
+        }
+    };
+    if !written {
+        return Err(oauth::Error::Transport(format!(
+            "{origin}: the request body could not be sent"
+        )));
+    }
+    let status = response.status();
+    let headers = response.headers();
+    let retry_after = headers
+        .get("retry-after")
+        .into_iter()
+        .next()
+        .and_then(|v| String::from_utf8(v).ok());
+    let declared = headers
+        .get("content-length")
+        .into_iter()
+        .next()
+        .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u64>().ok());
+    drop(headers);
+    if declared.is_some_and(|n| n > oauth::MAX_REPLY_BYTES as u64) {
+        return Err(oauth::Error::InvalidResponse(format!(
+            "reply body larger than {} bytes",
+            oauth::MAX_REPLY_BYTES
+        )));
+    }
+    let incoming = response
+        .consume()
+        .map_err(|_| oauth::Error::Transport(format!("{origin}: body unavailable")))?;
+    let body = read_body(&incoming, &origin)?;
+    drop(incoming);
+    Ok(HttpReply {
+        status,
+        retry_after,
+        body,
+    })
+}
+
+fn write_body(body: OutgoingBody, bytes: &[u8]) -> bool {
+    let Ok(stream) = body.write() else {
+        return false;
+    };
+    // `blocking-write-and-flush` takes at most 4096 bytes per call.
+    let ok = bytes
+        .chunks(4096)
+        .all(|chunk| stream.blocking_write_and_flush(chunk).is_ok());
+    drop(stream);
+    ok && OutgoingBody::finish(body, None).is_ok()
+}
+
+/// Reads at most `MAX_REPLY_BYTES + 1` bytes, so the parser can tell an oversized reply.
+fn read_body(incoming: &IncomingBody, origin: &str) -> Result<Vec<u8>, oauth::Error> {
+    let stream = incoming
+        .stream()
+        .map_err(|_| oauth::Error::Transport(format!("{origin}: body stream unavailable")))?;
+    let mut body = Vec::new();
+    loop {
+        match stream.blocking_read(16 * 1024) {
+            Ok(chunk) => {
+                body.extend_from_slice(&chunk);
+                if body.len() > oauth::MAX_REPLY_BYTES {
+                    break;
+                }
+            }
+            Err(StreamError::Closed) => break,
+            Err(StreamError::LastOperationFailed(e)) => {
+                return Err(oauth::Error::Transport(format!(
+                    "{origin}: reading the reply failed: {}",
+                    e.to_debug_string()
+                )));
+            }
+        }
+    }
+    Ok(body)
+}

@@ -1,0 +1,500 @@
+//! OAuth 2.0 client-credentials encoding and reply parsing (RFC 6749 §4.4, §5), with the
+//! Microsoft identity platform's extras. Transport-agnostic: it builds a request description
+//! and parses status, headers and body, so it is tested natively.
+
+use base64::Engine as _;
+use serde::Deserialize;
+
+/// Entra's public, national and partner cloud login hosts: only these get Entra-only rules.
+const ENTRA_HOSTS: &[&str] = &[
+    "login.microsoftonline.com",
+    "login.microsoftonline.us",
+    "login.chinacloudapi.cn",
+    "login.partner.microsoftonline.cn",
+];
+
+/// Default authority: Microsoft Entra ID's public cloud.
+pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
+
+/// The largest reply body accepted. Token replies are a few KiB; anything far larger is
+/// not a token endpoint speaking.
+pub const MAX_REPLY_BYTES: usize = 256 * 1024;
+
+/// Form parameters the plugin owns; `extra_params` cannot override them.
+const RESERVED_PARAMS: &[&str] = &["grant_type", "client_id", "client_secret", "scope"];
+
+/// How the client authenticates (RFC 6749 §2.3.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Credentials in the form body.
+    Post,
+    /// HTTP Basic over the form-urlencoded id and secret.
+    Basic,
+}
+
+/// What the host asked for.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// Scope to request; may be empty for servers that do not need one (not Entra).
+    pub scope: String,
+    /// Identity-provider base URL (Entra-style endpoint layout).
+    pub authority: Option<String>,
+    /// Full token endpoint; overrides `authority`.
+    pub token_url: Option<String>,
+    /// Client authentication method.
+    pub client_auth: ClientAuth,
+    /// Extra form parameters.
+    pub extra_params: Vec<(String, String)>,
+}
+
+/// A successful, stored refresh.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// `token_type` of the reply.
+    pub token_type: String,
+    /// `expires_in`, seconds.
+    pub expires_in: Option<u64>,
+    /// Unix seconds of expiry.
+    pub expires_at: Option<u64>,
+    /// Entra's `ext_expires_in`.
+    pub ext_expires_in: Option<u64>,
+    /// Entra's `refresh_in`.
+    pub refresh_in: Option<u64>,
+    /// Granted scope.
+    pub scope: Option<String>,
+}
+
+/// An OAuth error reply (RFC 6749 §5.2) with Entra's diagnostics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OAuthError {
+    /// HTTP status.
+    pub status: u16,
+    /// `error` code.
+    pub error: String,
+    /// `error_description`.
+    pub description: Option<String>,
+    /// Entra's AADSTS numbers.
+    pub error_codes: Vec<u32>,
+    /// Entra's `trace_id`.
+    pub trace_id: Option<String>,
+    /// Entra's `correlation_id`.
+    pub correlation_id: Option<String>,
+}
+
+/// Why a refresh failed; mirrors the WIT `error` variant. No case carries a secret value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// A needed role has no value.
+    MissingSecret(String),
+    /// The host refused a role.
+    AccessDenied(String),
+    /// The secret store failed.
+    SecretStore(String),
+    /// The host's egress policy refused the origin.
+    EgressDenied(String),
+    /// Transport failure.
+    Transport(String),
+    /// HTTP 429 with `Retry-After` seconds.
+    Throttled(Option<u32>),
+    /// HTTP 5xx without an OAuth body.
+    ServerError(u16),
+    /// An OAuth error reply.
+    Rejected(OAuthError),
+    /// An unusable reply.
+    InvalidResponse(String),
+    /// A request that cannot be sent.
+    BadRequest(String),
+}
+
+/// A token endpoint URL split the way wasi:http wants it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `true` for https.
+    pub https: bool,
+    /// `host[:port]`.
+    pub authority: String,
+    /// Path and query, starting with `/`.
+    pub path_and_query: String,
+}
+
+impl Endpoint {
+    /// Parses an absolute http(s) URL. Userinfo and fragments are refused: credentials in a
+    /// URL would end up in logs, and a fragment means the URL is not what the user meant.
+    pub fn parse(url: &str) -> Result<Self, Error> {
+        let bad = |why: &str| Error::BadRequest(format!("token URL `{url}`: {why}"));
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("not an absolute URL"))?;
+        let https = match scheme.to_ascii_lowercase().as_str() {
+            "https" => true,
+            "http" => false,
+            _ => return Err(bad("scheme must be http or https")),
+        };
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        if authority.is_empty() {
+            return Err(bad("no host"));
+        }
+        if authority.contains('@') {
+            return Err(bad("credentials in the URL are not allowed"));
+        }
+        if !authority
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._:[]".contains(c))
+        {
+            return Err(bad("invalid host"));
+        }
+        if tail.contains('#') {
+            return Err(bad("fragments are not allowed"));
+        }
+        if tail.chars().any(|c| c.is_ascii_whitespace() || c.is_ascii_control()) {
+            return Err(bad("whitespace in the path"));
+        }
+        let path_and_query = if tail.starts_with('/') {
+            tail.to_string()
+        } else {
+            format!("/{tail}")
+        };
+        Ok(Self {
+            https,
+            authority: authority.to_ascii_lowercase(),
+            path_and_query,
+        })
+    }
+
+    /// The host name without port or IPv6 brackets.
+    pub fn host(&self) -> &str {
+        let a = &self.authority;
+        if let Some(rest) = a.strip_prefix('[') {
+            return rest.split(']').next().unwrap_or(rest);
+        }
+        a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h)
+    }
+
+    /// `scheme://authority`, for messages.
+    pub fn origin(&self) -> String {
+        format!(
+            "{}://{}",
+            if self.https { "https" } else { "http" },
+            self.authority
+        )
+    }
+
+    /// Whether this is one of Microsoft Entra ID's login hosts.
+    pub fn is_entra(&self) -> bool {
+        ENTRA_HOSTS.contains(&self.host())
+    }
+}
+
+/// An HTTP request ready to send: always a POST.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    /// Where to.
+    pub endpoint: Endpoint,
+    /// Header names (lower case) and values.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The form body.
+    pub body: Vec<u8>,
+}
+
+// The body and the Authorization header hold the client secret.
+impl std::fmt::Debug for HttpRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpRequest")
+            .field("endpoint", &self.endpoint)
+            .field("body", &format_args!("[redacted; {} bytes]", self.body.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A reply: status, the headers we read, and the body (already capped by the transport).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HttpReply {
+    /// HTTP status.
+    pub status: u16,
+    /// `Retry-After`, when present.
+    pub retry_after: Option<String>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// Client credentials read from the bound secrets.
+pub struct Credentials {
+    /// `client_id`.
+    pub client_id: String,
+    /// `client_secret`.
+    pub client_secret: String,
+}
+
+/// Checks that a tenant is a GUID or a domain-like name, so that it cannot change the
+/// endpoint's path. The value comes from a secret, so it never appears in the message.
+pub fn check_tenant(tenant: &str) -> Result<(), Error> {
+    let ok = !tenant.is_empty()
+        && tenant.len() <= 253
+        && tenant
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+        && !tenant.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadRequest(
+            "the tenant-id secret is not a tenant GUID or domain name".into(),
+        ))
+    }
+}
+
+/// The token endpoint: `token_url`, else `{authority}/{tenant}/oauth2/v2.0/token`.
+/// `tenant` is needed only in the second case.
+pub fn endpoint(req: &Request, tenant: Option<&str>) -> Result<Endpoint, Error> {
+    if let Some(url) = &req.token_url {
+        return Endpoint::parse(url);
+    }
+    let authority = req.authority.as_deref().unwrap_or(DEFAULT_AUTHORITY);
+    let tenant = tenant.ok_or_else(|| Error::MissingSecret("tenant-id".into()))?;
+    check_tenant(tenant)?;
+    let base = Endpoint::parse(authority)?;
+    let path = base.path_and_query.trim_end_matches('/');
+    if path.contains('?') {
+        return Err(Error::BadRequest(format!(
+            "authority `{authority}` must not have a query"
+        )));
+    }
+    Ok(Endpoint {
+        path_and_query: format!("{path}/{tenant}/oauth2/v2.0/token"),
+        ..base
+    })
+}
+
+/// Builds the token request (RFC 6749 §4.4.2), with `Content-Length` set: some servers read
+/// an empty form from a chunked body.
+pub fn build_request(
+    req: &Request,
+    endpoint: Endpoint,
+    creds: &Credentials,
+) -> Result<HttpRequest, Error> {
+    if endpoint.is_entra() && !req.scope.ends_with("/.default") {
+        return Err(Error::BadRequest(format!(
+            "scope `{}`: Microsoft Entra ID's client-credentials flow needs `{{resource}}/.default`",
+            req.scope
+        )));
+    }
+    if let Some((name, _)) = req
+        .extra_params
+        .iter()
+        .find(|(n, _)| RESERVED_PARAMS.contains(&n.as_str()))
+    {
+        return Err(Error::BadRequest(format!(
+            "extra parameter `{name}` would override a parameter the plugin sets"
+        )));
+    }
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("grant_type", "client_credentials");
+    let mut headers = vec![
+        (
+            "content-type".to_string(),
+            b"application/x-www-form-urlencoded".to_vec(),
+        ),
+        ("accept".to_string(), b"application/json".to_vec()),
+    ];
+    match req.client_auth {
+        ClientAuth::Post => {
+            form.append_pair("client_id", &creds.client_id);
+            form.append_pair("client_secret", &creds.client_secret);
+        }
+        ClientAuth::Basic => {
+            headers.push(("authorization".to_string(), basic_auth(creds).into_bytes()));
+        }
+    }
+    if !req.scope.is_empty() {
+        form.append_pair("scope", &req.scope);
+    }
+    for (name, value) in &req.extra_params {
+        form.append_pair(name, value);
+    }
+    let body = form.finish().into_bytes();
+    headers.push(("content-length".to_string(), body.len().to_string().into_bytes()));
+    Ok(HttpRequest {
+        endpoint,
+        headers,
+        body,
+    })
+}
+
+/// `Basic base64(urlencode(id) ":" urlencode(secret))`, RFC 6749 §2.3.1.
+pub fn basic_auth(creds: &Credentials) -> String {
+    let user: String = form_urlencoded::byte_serialize(creds.client_id.as_bytes()).collect();
+    let pass: String = form_urlencoded::byte_serialize(creds.client_secret.as_bytes()).collect();
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+    )
+}
+
+/// A parsed success reply. The token is kept apart so it cannot slip into the outcome.
+pub struct Token {
+    /// The access token.
+    pub access_token: String,
+    /// Everything else.
+    pub outcome: Outcome,
+}
+
+/// A number that some servers send as a string (`"3599"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Seconds {
+    Int(u64),
+    Float(f64),
+    Text(String),
+}
+
+impl Seconds {
+    fn value(self, field: &str) -> Result<u64, Error> {
+        let bad = || Error::InvalidResponse(format!("`{field}` is not a number of seconds"));
+        match self {
+            Seconds::Int(n) => Ok(n),
+            Seconds::Float(f) if f.is_finite() && f >= 0.0 => Ok(f as u64),
+            Seconds::Float(_) => Err(bad()),
+            Seconds::Text(s) => s.trim().parse().map_err(|_| bad()),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct SuccessBody {
+    access_token: Option<String>,
+    token_type: Option<String>,
+    expires_in: Option<Seconds>,
+    ext_expires_in: Option<Seconds>,
+    refresh_in: Option<Seconds>,
+    scope: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+    error_description: Option<String>,
+    #[serde(default)]
+    error_codes: Vec<u32>,
+    trace_id: Option<String>,
+    correlation_id: Option<String>,
+}
+
+fn seconds(value: Option<Seconds>, field: &str) -> Result<Option<u64>, Error> {
+    value.map(|s| s.value(field)).transpose()
+}
+
+/// `Retry-After` as delta-seconds; an HTTP-date or garbage gives `None` (the caller's default).
+pub fn parse_retry_after(value: Option<&str>) -> Option<u32> {
+    value.and_then(|v| v.trim().parse().ok())
+}
+
+/// Classifies a reply (RFC 6749 §5.1, §5.2). `now` is Unix seconds, for `expires_at`.
+pub fn parse_reply(reply: &HttpReply, now: u64) -> Result<Token, Error> {
+    let status = reply.status;
+    if reply.body.len() > MAX_REPLY_BYTES {
+        return Err(Error::InvalidResponse(format!(
+            "reply body larger than {MAX_REPLY_BYTES} bytes"
+        )));
+    }
+    match status {
+        200..=299 => parse_success(&reply.body, status, now),
+        429 => Err(Error::Throttled(parse_retry_after(
+            reply.retry_after.as_deref(),
+        ))),
+        300..=399 => Err(Error::InvalidResponse(format!(
+            "HTTP {status}: the token endpoint redirected, and redirects are not followed"
+        ))),
+        _ => match serde_json::from_slice::<ErrorBody>(&reply.body) {
+            Ok(e) if !e.error.is_empty() && status >= 400 => Err(Error::Rejected(OAuthError {
+                status,
+                error: e.error,
+                description: e.error_description,
+                error_codes: e.error_codes,
+                trace_id: e.trace_id,
+                correlation_id: e.correlation_id,
+            })),
+            _ if status >= 500 => Err(Error::ServerError(status)),
+            _ => Err(Error::InvalidResponse(format!(
+                "HTTP {status} without an OAuth error body"
+            ))),
+        },
+    }
+}
+
+fn parse_success(body: &[u8], status: u16, now: u64) -> Result<Token, Error> {
+    // Never quote the body: it may hold the token.
+    let parsed: SuccessBody = serde_json::from_slice(body).map_err(|e| {
+        Error::InvalidResponse(format!(
+            "HTTP {status} reply is not a JSON token response ({} at line {}, column {})",
+            match e.classify() {
+                serde_json::error::Category::Io => "I/O error",
+                serde_json::error::Category::Syntax => "syntax error",
+                serde_json::error::Category::Data => "unexpected field type",
+                serde_json::error::Category::Eof => "truncated",
+            },
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let access_token = match parsed.access_token {
+        Some(t) if !t.trim().is_empty() => t,
+        Some(_) => {
+            return Err(Error::InvalidResponse(
+                "`access_token` is empty; the stored token is kept".into(),
+            ));
+        }
+        None => {
+            return Err(Error::InvalidResponse(
+                "no `access_token` in the reply; the stored token is kept".into(),
+            ));
+        }
+    };
+    let expires_in = seconds(parsed.expires_in, "expires_in")?;
+    let outcome = Outcome {
+        // RFC 6749 requires token_type, but servers that omit it mean Bearer.
+        token_type: parsed
+            .token_type
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| "Bearer".into()),
+        expires_in,
+        expires_at: expires_in.map(|s| now.saturating_add(s)),
+        ext_expires_in: seconds(parsed.ext_expires_in, "ext_expires_in")?,
+        refresh_in: seconds(parsed.refresh_in, "refresh_in")?,
+        scope: parsed.scope,
+    };
+    Ok(Token {
+        access_token,
+        outcome,
+    })
+}
+
+/// Replaces each of `secrets` in `text` by `[redacted]`: a hostile server could echo the
+/// client secret back in its error description.
+pub fn redact(mut text: String, secrets: &[&str]) -> String {
+    for s in secrets.iter().filter(|s| s.len() >= 4) {
+        if text.contains(*s) {
+            text = text.replace(*s, "[redacted]");
+        }
+    }
+    text
+}
+
+impl Error {
+    /// Redacts the given secret values from every text the error carries.
+    pub fn redacted(self, secrets: &[&str]) -> Self {
+        let r = |t: String| redact(t, secrets);
+        match self {
+            Error::Transport(t) => Error::Transport(r(t)),
+            Error::InvalidResponse(t) => Error::InvalidResponse(r(t)),
+            Error::BadRequest(t) => Error::BadRequest(r(t)),
+            Error::SecretStore(t) => Error::SecretStore(r(t)),
+            Error::Rejected(mut e) => {
+                e.error = r(e.error);
+                e.description = e.description.map(r);
+                e.trace_id = e.trace_id.map(r);
+                e.correlation_id = e.correlation_id.map(r);
+                Error::Rejected(e)
+            }
+            other => other,
+        }
+    }
+}
