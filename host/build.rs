@@ -3,5 +3,8 @@
 
 fn main() {
     let wasm = tokenwarden_build::build_component("tokenwarden-plugin", &["plugin", "wit"]);
-    println!("cargo::rustc-env=TOKENWARDEN_PLUGIN_WASM={}", wasm.display());
+    println!(
+        "cargo::rustc-env=TOKENWARDEN_PLUGIN_WASM={}",
+        wasm.display()
+    );
 }

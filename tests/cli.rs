@@ -1,0 +1,387 @@
+//! The `tokenwarden` command as a script uses it: real processes, real config files, real
+//! stores, the emulator on 127.0.0.1. Exit codes and output are part of the contract.
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use tokenwarden::emulator::{self, Fault};
+use tokenwarden_tests::*;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokenwarden-under-test");
+
+struct Cli {
+    dir: tempfile::TempDir,
+}
+
+impl Cli {
+    /// A folder with a config for `authority`, and a store with the demo credentials.
+    fn new(authority: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tokenwarden.toml"), config(authority)).unwrap();
+        let cli = Self { dir };
+        let store = tokenwarden::SqliteStore::open(&cli.store_path()).unwrap();
+        for (name, value) in [
+            (CLIENT_ID, emulator::DEMO_CLIENT_ID),
+            (CLIENT_SECRET, emulator::DEMO_CLIENT_SECRET),
+            (TENANT_ID, emulator::DEMO_TENANT),
+        ] {
+            use tokenwarden::SecretStore;
+            store
+                .set(name, &secrecy::SecretString::from(value.to_string()), None)
+                .unwrap();
+        }
+        cli
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("tokenwarden.toml")
+    }
+
+    fn store_path(&self) -> PathBuf {
+        self.dir.path().join("data/tw.db")
+    }
+
+    async fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env_remove("TOKENWARDEN_CONFIG")
+            .env_remove("TOKENWARDEN_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).await.unwrap();
+        }
+        drop(input);
+        child.wait_with_output().await.unwrap()
+    }
+}
+
+fn config(authority: &str) -> String {
+    format!(
+        r#"[store]
+path = "data/tw.db"
+
+[[jobs]]
+name = "graph"
+scope = "{SCOPE}"
+authority = "{authority}"
+[jobs.secrets]
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+tenant_id = "{TENANT_ID}"
+access_token = "{ACCESS_TOKEN}"
+"#
+    )
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("exited")
+}
+
+fn assert_no_secret(o: &Output) {
+    for s in [&o.stdout, &o.stderr] {
+        assert!(
+            !text(s).contains(emulator::DEMO_CLIENT_SECRET),
+            "{}",
+            text(s)
+        );
+    }
+}
+
+#[tokio::test]
+async fn secrets_set_get_list_round_trip_through_stdin() {
+    let cli = Cli::new("http://127.0.0.1:9");
+    let o = cli
+        .run(
+            &["secrets", "set", "Api Key"],
+            Some("  value with spaces\n"),
+        )
+        .await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert!(o.stdout.is_empty());
+
+    // Piped: the exact value, no newline added, leading spaces kept.
+    let o = cli.run(&["secrets", "get", "Api Key"], None).await;
+    assert_eq!(code(&o), 0);
+    assert_eq!(text(&o.stdout), "  value with spaces");
+
+    let o = cli.run(&["secrets", "list"], None).await;
+    assert_eq!(code(&o), 0);
+    let out = text(&o.stdout);
+    assert!(out.starts_with("NAME"), "{out}");
+    for name in ["Api Key", CLIENT_ID, CLIENT_SECRET, TENANT_ID] {
+        assert!(out.contains(name), "{out}");
+    }
+    assert!(!out.contains("value with spaces") && !out.contains(emulator::DEMO_CLIENT_SECRET));
+
+    let o = cli.run(&["secrets", "list", "--json"], None).await;
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 4);
+    assert!(list[0].get("value").is_none());
+}
+
+#[tokio::test]
+async fn secrets_errors_have_distinct_exit_codes() {
+    let cli = Cli::new("http://127.0.0.1:9");
+    let o = cli.run(&["secrets", "get", "Nope"], None).await;
+    assert_eq!(code(&o), 5);
+    assert!(text(&o.stderr).contains("no secret named `Nope`"));
+    let o = cli.run(&["secrets", "set", "Empty"], Some("\n")).await;
+    assert_eq!(code(&o), 2);
+    let o = cli.run(&["secrets", "get", "Empty"], None).await;
+    assert_eq!(code(&o), 5, "an empty value must not have been stored");
+    let o = cli.run(&["secrets", "frobnicate"], None).await;
+    assert_eq!(code(&o), 2);
+    // The value never comes from argv: there is no argument for it.
+    let o = cli.run(&["secrets", "set", "X", "value"], None).await;
+    assert_eq!(code(&o), 2);
+}
+
+#[tokio::test]
+async fn refresh_succeeds_with_config_given_any_way() {
+    let emu = start_emulator().await;
+    let cli = Cli::new(&emu.authority());
+    let cfg = cli.config_path();
+    let cfg = cfg.to_str().unwrap();
+
+    // Default ./tokenwarden.toml, --config before and after the subcommand.
+    for args in [
+        vec!["refresh", "graph"],
+        vec!["--config", cfg, "refresh", "graph"],
+        vec!["refresh", "graph", "--config", cfg],
+    ] {
+        let o = cli.run(&args, None).await;
+        assert_eq!(code(&o), 0, "{args:?}: {}", text(&o.stderr));
+        let out = text(&o.stdout);
+        assert!(
+            out.starts_with(
+                "refreshed `graph`: Bearer token stored in `Microsoft Access Token`, expires in 59m"
+            ),
+            "{out}"
+        );
+        assert_no_secret(&o);
+    }
+    assert_eq!(emu.state.stats().tokens_issued, 3);
+
+    // $TOKENWARDEN_CONFIG, run from another folder.
+    let o = tokio::process::Command::new(BIN)
+        .args(["refresh", "graph", "--json"])
+        .current_dir(std::env::temp_dir())
+        .env("TOKENWARDEN_CONFIG", cli.config_path())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["report"]["outcome"]["expires_in"], 3599);
+    assert_eq!(v["report"]["token_secret"], ACCESS_TOKEN);
+
+    // The stored token is what the resource server accepts.
+    let token = cli
+        .run(&["secrets", "get", ACCESS_TOKEN], None)
+        .await
+        .stdout;
+    assert_eq!(
+        get_with_bearer(emu.addr, "/v1.0/me", &text(&token)).await,
+        200
+    );
+}
+
+#[tokio::test]
+async fn failed_refresh_exits_non_zero_names_the_error_and_keeps_the_token() {
+    let emu = start_emulator().await;
+    let cli = Cli::new(&emu.authority());
+    assert_eq!(code(&cli.run(&["refresh", "graph"], None).await), 0);
+    let good = cli
+        .run(&["secrets", "get", ACCESS_TOKEN], None)
+        .await
+        .stdout;
+
+    // Permanent: a wrong client secret.
+    cli.run(
+        &["secrets", "set", CLIENT_SECRET],
+        Some("wrong-secret-canary"),
+    )
+    .await;
+    let o = cli.run(&["refresh", "graph"], None).await;
+    assert_eq!(code(&o), 4);
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("invalid_client") && err.contains("AADSTS7000215"),
+        "{err}"
+    );
+    assert!(
+        err.contains("trace_id") && err.contains("correlation_id"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong-secret-canary"), "{err}");
+    let o = cli.run(&["refresh", "graph", "--json"], None).await;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["error"]["class"], "rejected");
+    assert_eq!(v["error"]["retry"], "permanent");
+    assert_eq!(v["error"]["oauth"]["error_codes"][0], 7000215);
+    assert!(!text(&o.stdout).contains("wrong-secret-canary"));
+
+    // Retryable: the provider is down.
+    cli.run(
+        &["secrets", "set", CLIENT_SECRET],
+        Some(emulator::DEMO_CLIENT_SECRET),
+    )
+    .await;
+    emu.state.push_faults([
+        Fault::Status { status: 503 },
+        Fault::Throttle {
+            retry_after: Some(3),
+        },
+    ]);
+    let o = cli.run(&["refresh", "graph"], None).await;
+    assert_eq!(code(&o), 3, "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("HTTP 503"));
+    let o = cli.run(&["refresh", "graph"], None).await;
+    assert_eq!(code(&o), 3);
+    assert!(
+        text(&o.stderr).contains("Retry-After 3s"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    let kept = cli
+        .run(&["secrets", "get", ACCESS_TOKEN], None)
+        .await
+        .stdout;
+    assert_eq!(kept, good);
+}
+
+#[tokio::test]
+async fn config_errors_name_file_line_and_key() {
+    let cli = Cli::new("http://127.0.0.1:9");
+    let path = cli.config_path();
+    let bad = config("http://127.0.0.1:9").replace("scope =", "scopes =");
+    std::fs::write(&path, bad).unwrap();
+    let o = cli.run(&["refresh", "graph"], None).await;
+    assert_eq!(code(&o), 2);
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("tokenwarden.toml") && err.contains("line 6") && err.contains("scopes"),
+        "{err}"
+    );
+
+    std::fs::write(&path, config("http://127.0.0.1:9")).unwrap();
+    let o = cli.run(&["refresh", "nope"], None).await;
+    assert_eq!(code(&o), 2);
+    assert!(text(&o.stderr).contains("no job named `nope`") && text(&o.stderr).contains("graph"));
+
+    let o = cli
+        .run(
+            &["--config", "/nonexistent/tw.toml", "secrets", "list"],
+            None,
+        )
+        .await;
+    assert_eq!(code(&o), 2);
+    assert!(text(&o.stderr).contains("/nonexistent/tw.toml"));
+}
+
+#[tokio::test]
+async fn exported_component_runs_as_a_job_plugin() {
+    let emu = start_emulator().await;
+    let cli = Cli::new(&emu.authority());
+    let o = cli
+        .run(&["component", "export", "exported.wasm"], None)
+        .await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let bytes = std::fs::read(cli.dir.path().join("exported.wasm")).unwrap();
+    assert_eq!(&bytes[..4], b"\0asm");
+    assert_eq!(bytes.as_slice(), tokenwarden::runtime::BUILTIN_COMPONENT);
+
+    let mut cfg = config(&emu.authority());
+    cfg = cfg.replace(
+        "[jobs.secrets]",
+        "plugin = \"exported.wasm\"\n[jobs.secrets]",
+    );
+    std::fs::write(cli.config_path(), cfg).unwrap();
+    let o = cli.run(&["refresh", "graph"], None).await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+
+    std::fs::write(cli.dir.path().join("exported.wasm"), b"not wasm").unwrap();
+    let o = cli.run(&["refresh", "graph"], None).await;
+    assert_ne!(code(&o), 0);
+    assert!(
+        text(&o.stderr).contains("exported.wasm"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[tokio::test]
+async fn emulator_command_serves_tokens_to_refresh() {
+    let mut emu = tokio::process::Command::new(BIN)
+        .args([
+            "emulator",
+            "--listen",
+            "127.0.0.1:0",
+            "--lifetime",
+            "90s",
+            "--fault",
+            "503",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(emu.stdout.take().unwrap()).lines();
+    let line = lines.next_line().await.unwrap().unwrap();
+    let addr = line.strip_prefix("listening on ").expect(&line).to_string();
+
+    let cli = Cli::new(&format!("http://{addr}"));
+    let o = cli.run(&["refresh", "graph"], None).await;
+    assert_eq!(code(&o), 3, "the first request gets the injected 503");
+    let o = cli.run(&["refresh", "graph", "--json"], None).await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["report"]["outcome"]["expires_in"], 90);
+    emu.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn demo_runs_offline_and_tells_the_story() {
+    let cli = Cli::new("http://127.0.0.1:9");
+    let o = cli.run(&["demo"], None).await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    for needle in [
+        "token stored in `Microsoft Access Token`",
+        "accepts the stored token: yes",
+        "The stored token is unchanged: yes; still accepted: yes",
+        "invalid_client (HTTP 401)",
+        "The last good token is kept: yes",
+        "a new token replaced the old one: yes; accepted: yes",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+    assert!(!out.contains("NO"), "{out}");
+    assert_no_secret(&o);
+}
+
+#[test]
+fn help_lists_the_contract_commands() {
+    let o = std::process::Command::new(BIN)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let help = text(&o.stdout);
+    for cmd in ["secrets", "refresh", "emulator", "demo", "component"] {
+        assert!(help.contains(cmd), "{help}");
+    }
+    let _ = Path::new(BIN);
+}

@@ -1,0 +1,400 @@
+//! End to end: the built-in component (and the rogue test guest) in the real host library,
+//! against the emulator and a scripted server on 127.0.0.1, with a real SQLite store.
+
+use std::time::Duration;
+use tokenwarden::emulator::{self, Fault};
+use tokenwarden::outcome::{PluginError, Retry, RunError};
+use tokenwarden::store::unix_now;
+use tokenwarden::{JobConfig, SecretStore};
+use tokenwarden_tests::*;
+
+async fn run(job: &JobConfig, f: &Fixture) -> Result<tokenwarden::RunReport, RunError> {
+    runtime().run(job, f.dyn_store()).await
+}
+
+fn plugin_error(r: Result<tokenwarden::RunReport, RunError>) -> PluginError {
+    match r {
+        Err(RunError::Plugin(e)) => e,
+        other => panic!("expected a plugin error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn success_stores_an_accepted_token_with_its_expiry() {
+    let emu = start_emulator().await;
+    let f = Fixture::new();
+    let report = run(&entra_job(&emu.authority()), &f).await.unwrap();
+    let o = &report.outcome;
+    assert_eq!(o.token_type, "Bearer");
+    assert_eq!(o.expires_in, Some(3599));
+    assert_eq!(o.ext_expires_in, Some(3599));
+    let now = unix_now();
+    let expires_at = o.expires_at.unwrap();
+    assert!(
+        expires_at.abs_diff(now + 3599) <= 2,
+        "{expires_at} vs {now}"
+    );
+    assert_eq!(report.token_secret, ACCESS_TOKEN);
+
+    let stored = f.store.get(ACCESS_TOKEN).unwrap().unwrap();
+    assert_eq!(stored.meta.expires_at, Some(expires_at));
+    assert!(stored.meta.updated_at.abs_diff(now) <= 2);
+    let token = f.get(ACCESS_TOKEN).unwrap();
+    assert_eq!(token.split('.').count(), 3, "JWT-shaped");
+    assert_eq!(get_with_bearer(emu.addr, "/v1.0/me", &token).await, 200);
+    assert_eq!(get_with_bearer(emu.addr, "/v1.0/me", "forged").await, 401);
+    // The token never crosses back to the host in the outcome.
+    assert!(!format!("{report:?}").contains(&token));
+}
+
+#[tokio::test]
+async fn wrong_secret_is_rejected_with_entra_diagnostics_and_keeps_the_old_token() {
+    let emu = start_emulator().await;
+    let f = Fixture::new();
+    f.set(ACCESS_TOKEN, "previous-good-token");
+    f.set(CLIENT_SECRET, "wrong-secret-canary");
+    let err = run(&entra_job(&emu.authority()), &f).await.unwrap_err();
+    assert_eq!(err.retry(), Retry::Permanent);
+    let oauth = err.oauth().expect("an OAuth error").clone();
+    assert_eq!(
+        (oauth.status, oauth.error.as_str()),
+        (401, "invalid_client")
+    );
+    assert_eq!(oauth.error_codes, vec![7000215]);
+    assert!(oauth.trace_id.is_some() && oauth.correlation_id.is_some());
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("AADSTS7000215"), "{text}");
+    assert!(!text.contains("wrong-secret-canary"), "{text}");
+    assert_eq!(f.get(ACCESS_TOKEN).as_deref(), Some("previous-good-token"));
+}
+
+#[tokio::test]
+async fn unknown_tenant_and_unknown_client_are_told_apart() {
+    let emu = start_emulator().await;
+    let f = Fixture::new();
+    f.set(TENANT_ID, "00000000-0000-0000-0000-000000000000");
+    let err = run(&entra_job(&emu.authority()), &f).await.unwrap_err();
+    let o = err.oauth().unwrap();
+    assert_eq!(
+        (o.status, o.error.as_str(), o.error_codes.as_slice()),
+        (400, "invalid_request", &[90002][..])
+    );
+
+    let f = Fixture::new();
+    f.set(CLIENT_ID, "not-registered");
+    let err = run(&entra_job(&emu.authority()), &f).await.unwrap_err();
+    let o = err.oauth().unwrap();
+    assert_eq!(
+        (o.error.as_str(), o.error_codes.as_slice()),
+        ("unauthorized_client", &[700016][..])
+    );
+    assert_eq!(err.retry(), Retry::Permanent);
+}
+
+#[tokio::test]
+async fn throttling_and_server_errors_are_retryable_and_keep_the_token() {
+    let emu = start_emulator().await;
+    let f = Fixture::new();
+    f.set(ACCESS_TOKEN, "previous-good-token");
+    let job = entra_job(&emu.authority());
+    emu.state.push_faults([
+        Fault::Throttle {
+            retry_after: Some(7),
+        },
+        Fault::Throttle { retry_after: None },
+        Fault::Status { status: 503 },
+        Fault::Status { status: 500 },
+        Fault::Unavailable,
+    ]);
+    let e = run(&job, &f).await.unwrap_err();
+    assert_eq!(
+        (e.retry(), e.retry_after()),
+        (Retry::Retryable, Some(Duration::from_secs(7)))
+    );
+    assert_eq!(
+        plugin_error(run(&job, &f).await),
+        PluginError::Throttled(None)
+    );
+    assert_eq!(
+        plugin_error(run(&job, &f).await),
+        PluginError::ServerError(503)
+    );
+    assert_eq!(
+        plugin_error(run(&job, &f).await),
+        PluginError::ServerError(500)
+    );
+    let e = run(&job, &f).await.unwrap_err();
+    assert_eq!(
+        e.oauth().map(|o| o.error.as_str()),
+        Some("temporarily_unavailable")
+    );
+    assert_eq!(e.retry(), Retry::Retryable);
+    assert_eq!(f.get(ACCESS_TOKEN).as_deref(), Some("previous-good-token"));
+    // The provider recovers.
+    run(&job, &f).await.unwrap();
+    assert_ne!(f.get(ACCESS_TOKEN).as_deref(), Some("previous-good-token"));
+}
+
+#[tokio::test]
+async fn malformed_empty_or_missing_tokens_leave_the_stored_token_untouched() {
+    let emu = start_emulator().await;
+    let f = Fixture::new();
+    f.set(ACCESS_TOKEN, "previous-good-token");
+    let before = f.store.get(ACCESS_TOKEN).unwrap().unwrap().meta;
+    let job = entra_job(&emu.authority());
+    for fault in [Fault::Malformed, Fault::EmptyToken, Fault::MissingToken] {
+        emu.state.push_faults([fault.clone()]);
+        let e = plugin_error(run(&job, &f).await);
+        assert!(
+            matches!(e, PluginError::InvalidResponse(_)),
+            "{fault:?}: {e:?}"
+        );
+        assert_eq!(f.get(ACCESS_TOKEN).as_deref(), Some("previous-good-token"));
+        assert_eq!(f.store.get(ACCESS_TOKEN).unwrap().unwrap().meta, before);
+    }
+}
+
+#[tokio::test]
+async fn oversized_and_non_json_replies_are_invalid() {
+    let big = format!(r#"{{"access_token":"{}"}}"#, "a".repeat(300 * 1024));
+    let server = ScriptedServer::start(vec![
+        Scripted::json(200, &big),
+        Scripted::json(200, "<html>hello</html>"),
+    ])
+    .await;
+    let f = Fixture::new();
+    let job = url_job(&server.url("/token"), "api");
+    for _ in 0..2 {
+        let e = plugin_error(run(&job, &f).await);
+        assert!(matches!(e, PluginError::InvalidResponse(_)), "{e:?}");
+    }
+    assert!(f.get(ACCESS_TOKEN).is_none());
+}
+
+#[tokio::test]
+async fn a_non_allowed_origin_is_denied_before_any_request() {
+    let server = ScriptedServer::start(vec![Scripted::json(200, r#"{"access_token":"t"}"#)]).await;
+    let f = Fixture::new();
+    let mut job = url_job(&server.url("/token"), "api");
+    job.allowed_hosts =
+        vec![tokenwarden::egress::Origin::parse("https://login.microsoftonline.com").unwrap()];
+    let e = plugin_error(run(&job, &f).await);
+    assert_eq!(
+        e,
+        PluginError::EgressDenied(format!("http://{}", server.addr))
+    );
+    assert!(server.received().is_empty(), "a request reached the server");
+    assert!(f.get(ACCESS_TOKEN).is_none());
+
+    // https is not http: the same host and port under another scheme is another origin.
+    job.allowed_hosts =
+        vec![tokenwarden::egress::Origin::parse(&format!("https://{}", server.addr)).unwrap()];
+    assert!(matches!(
+        plugin_error(run(&job, &f).await),
+        PluginError::EgressDenied(_)
+    ));
+    assert!(server.received().is_empty());
+}
+
+#[tokio::test]
+async fn generic_server_by_token_url_with_string_expiry_and_content_length() {
+    let server = ScriptedServer::start(vec![Scripted::json(
+        200,
+        r#"{"access_token":"generic-token","token_type":"bearer","expires_in":"120","scope":"api.read"}"#,
+    )])
+    .await;
+    let f = Fixture::new();
+    let mut job = url_job(&server.url("/oauth2/token"), "api.read");
+    job.token_params
+        .insert("audience".into(), "https://api.example".into());
+    let report = run(&job, &f).await.unwrap();
+    assert_eq!(report.outcome.expires_in, Some(120));
+    assert_eq!(report.outcome.scope.as_deref(), Some("api.read"));
+    let stored = f.store.get(ACCESS_TOKEN).unwrap().unwrap();
+    assert_eq!(stored.meta.expires_at, report.outcome.expires_at);
+    assert_eq!(f.get(ACCESS_TOKEN).as_deref(), Some("generic-token"));
+
+    let got = server.received();
+    assert_eq!(got.len(), 1);
+    let r = &got[0];
+    assert_eq!(r.path, "/oauth2/token");
+    assert_eq!(r.header("content-length"), Some(r.body.len().to_string()));
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/x-www-form-urlencoded")
+    );
+    let form = r.form();
+    assert_eq!(form["grant_type"], "client_credentials");
+    assert_eq!(form["client_id"], emulator::DEMO_CLIENT_ID);
+    assert_eq!(form["client_secret"], emulator::DEMO_CLIENT_SECRET);
+    assert_eq!(form["scope"], "api.read");
+    assert_eq!(form["audience"], "https://api.example");
+}
+
+#[tokio::test]
+async fn client_secret_basic_sends_rfc6749_credentials() {
+    let server = ScriptedServer::start(vec![Scripted::json(
+        200,
+        r#"{"access_token":"t","expires_in":60}"#,
+    )])
+    .await;
+    let f = Fixture::new();
+    let mut job = url_job(&server.url("/token"), "api");
+    job.client_auth = tokenwarden::config::ClientAuth::ClientSecretBasic;
+    run(&job, &f).await.unwrap();
+    let r = &server.received()[0];
+    assert!(!r.form().contains_key("client_secret"));
+    use base64::Engine as _;
+    let auth = r.header("authorization").unwrap();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(auth.strip_prefix("Basic ").unwrap())
+        .unwrap();
+    let (user, pass) = std::str::from_utf8(&decoded)
+        .unwrap()
+        .split_once(':')
+        .unwrap();
+    let dec = |s: &str| {
+        form_urlencoded::parse(format!("v={s}").as_bytes())
+            .next()
+            .unwrap()
+            .1
+            .into_owned()
+    };
+    assert_eq!(dec(user), emulator::DEMO_CLIENT_ID);
+    assert_eq!(dec(pass), emulator::DEMO_CLIENT_SECRET);
+
+    // The emulator decodes Basic the same way and issues a token.
+    let emu = start_emulator().await;
+    let mut job = entra_job(&emu.authority());
+    job.client_auth = tokenwarden::config::ClientAuth::ClientSecretBasic;
+    run(&job, &f).await.unwrap();
+}
+
+#[tokio::test]
+async fn token_url_job_against_the_emulator_stores_a_token_it_accepts() {
+    let emu = start_emulator().await;
+    let f = Fixture::new();
+    let url = format!(
+        "{}/{}/oauth2/v2.0/token",
+        emu.authority(),
+        emulator::DEMO_TENANT
+    );
+    let mut job = url_job(&url, SCOPE);
+    job.secrets.tenant_id = None;
+    run(&job, &f).await.unwrap();
+    let token = f.get(ACCESS_TOKEN).unwrap();
+    assert_eq!(get_with_bearer(emu.addr, "/v1.0/me", &token).await, 200);
+}
+
+#[tokio::test]
+async fn missing_secrets_are_typed_and_send_nothing() {
+    let emu = start_emulator().await;
+    let f = Fixture::new();
+    let mut job = entra_job(&emu.authority());
+    job.secrets.client_secret = "Never Stored".into();
+    assert_eq!(
+        plugin_error(run(&job, &f).await),
+        PluginError::MissingSecret("client-secret".into())
+    );
+    assert_eq!(emu.state.stats().token_requests, 0);
+}
+
+#[tokio::test]
+async fn transport_failures_and_slow_servers_are_retryable() {
+    // A port with nothing listening.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let f = Fixture::new();
+    let job = url_job(&format!("http://127.0.0.1:{port}/token"), "api");
+    let e = run(&job, &f).await.unwrap_err();
+    assert!(
+        matches!(e, RunError::Plugin(PluginError::Transport(_))),
+        "{e:?}"
+    );
+    assert_eq!(e.retry(), Retry::Retryable);
+
+    let emu = start_emulator().await;
+    emu.state.push_faults([Fault::Delay { ms: 3000 }]);
+    let mut job = entra_job(&emu.authority());
+    job.timeout = Duration::from_millis(800);
+    let started = std::time::Instant::now();
+    let e = run(&job, &f).await.unwrap_err();
+    assert!(matches!(e, RunError::Timeout(_)), "{e:?}");
+    assert_eq!(e.retry(), Retry::Retryable);
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+fn rogue_job(scope: &str) -> JobConfig {
+    let mut job = entra_job("http://127.0.0.1:9");
+    job.scope = scope.into();
+    job.plugin = Some(ROGUE_COMPONENT.into());
+    job
+}
+
+#[tokio::test]
+async fn unbound_or_read_only_roles_get_access_denied() {
+    let f = Fixture::new();
+    f.set("Other Job Secret", "not-yours");
+    // A bound role is readable.
+    let ok = run(&rogue_job("get:client-id"), &f).await.unwrap();
+    assert_eq!(ok.outcome.token_type, "got:true");
+    for scope in [
+        "get:Other Job Secret",
+        "get:admin-token",
+        "set:Other Job Secret",
+    ] {
+        let role = scope.split_once(':').unwrap().1;
+        assert_eq!(
+            plugin_error(run(&rogue_job(scope), &f).await),
+            PluginError::AccessDenied(role.into()),
+            "{scope}"
+        );
+    }
+    // Read-only roles cannot be overwritten.
+    assert_eq!(
+        plugin_error(run(&rogue_job("set:client-secret"), &f).await),
+        PluginError::AccessDenied("client-secret".into())
+    );
+    assert_eq!(
+        f.get(CLIENT_SECRET).as_deref(),
+        Some(emulator::DEMO_CLIENT_SECRET)
+    );
+    assert_eq!(f.get("Other Job Secret").as_deref(), Some("not-yours"));
+    // The write role is writable.
+    run(&rogue_job("set:access-token"), &f).await.unwrap();
+    assert_eq!(f.get(ACCESS_TOKEN).as_deref(), Some("written-by-rogue"));
+}
+
+#[tokio::test]
+async fn misbehaving_guests_fail_their_run_and_the_host_carries_on() {
+    let f = Fixture::new();
+    let mut looping = rogue_job("loop");
+    looping.timeout = Duration::from_millis(500);
+    let started = std::time::Instant::now();
+    let e = run(&looping, &f).await.unwrap_err();
+    assert!(matches!(e, RunError::Trap(_)), "{e:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let e = run(&rogue_job("trap"), &f).await.unwrap_err();
+    assert!(matches!(e, RunError::Trap(_)), "{e:?}");
+
+    // The memory cap (64 MiB) stops a guest that grabs memory.
+    match run(&rogue_job("grab-memory"), &f).await {
+        Err(RunError::Plugin(PluginError::BadRequest(m))) => {
+            let mib: usize = m.split_whitespace().nth(3).unwrap().parse().unwrap();
+            assert!(mib < 64, "{m}");
+        }
+        Err(RunError::Trap(_)) => {}
+        other => panic!("memory grab was not stopped: {other:?}"),
+    }
+
+    // The same runtime still runs good jobs.
+    let emu = start_emulator().await;
+    run(&entra_job(&emu.authority()), &f).await.unwrap();
+}

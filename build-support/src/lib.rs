@@ -13,7 +13,8 @@ pub const PROFILE: &str = "wasm-release";
 
 /// The workspace root, from a member crate's manifest directory.
 pub fn workspace_root() -> PathBuf {
-    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run from a build script"));
+    let manifest =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run from a build script"));
     manifest
         .ancestors()
         .find(|p| p.join("Cargo.lock").exists() || p.join("rust-toolchain.toml").exists())
@@ -50,7 +51,10 @@ pub fn ensure_target() {
         .ok()
         .filter(|o| o.status.success())
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    if libdir.as_deref().is_some_and(|d| d.join("libstd.rlib").exists() || has_std(d)) {
+    if libdir
+        .as_deref()
+        .is_some_and(|d| d.join("libstd.rlib").exists() || has_std(d))
+    {
         return;
     }
     println!("cargo::warning=installing the {TARGET} target with rustup");
@@ -89,12 +93,24 @@ pub fn build_component(package: &str, watch: &[&str]) -> PathBuf {
         .join("plugin-wasm");
     let status = cargo()
         .current_dir(&root)
-        .args(["build", "--locked", "-p", package, "--target", TARGET, "--profile", PROFILE])
+        .args([
+            "build",
+            "--locked",
+            "-p",
+            package,
+            "--target",
+            TARGET,
+            "--profile",
+            PROFILE,
+        ])
         .arg("--target-dir")
         .arg(&target_dir)
         .status()
         .unwrap_or_else(|e| panic!("could not start cargo to build {package}: {e}"));
-    assert!(status.success(), "building the {package} component for {TARGET} failed");
+    assert!(
+        status.success(),
+        "building the {package} component for {TARGET} failed"
+    );
     let file = format!("{}.wasm", package.replace('-', "_"));
     let path = target_dir.join(TARGET).join(PROFILE).join(file);
     assert!(path.exists(), "{} was not produced", path.display());

@@ -155,7 +155,11 @@ pub fn main() -> u8 {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { exit::USAGE } else { exit::OK };
+            return if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
         }
     };
     init_logging(cli.log_format, matches!(cli.command, Command::Emulator(_)));
@@ -182,8 +186,8 @@ pub fn main() -> u8 {
 fn init_logging(format: LogFormat, server: bool) {
     use tracing_subscriber::EnvFilter;
     let default = if server { "info" } else { "warn" };
-    let filter = EnvFilter::try_from_env("TOKENWARDEN_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(default));
+    let filter =
+        EnvFilter::try_from_env("TOKENWARDEN_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -345,7 +349,11 @@ async fn refresh(config_path: &Path, job_name: &str, as_json: bool) -> anyhow::R
         eprintln!(
             "error: no job named `{job_name}` in {} (jobs: {})",
             config.path.display(),
-            if names.is_empty() { "none".into() } else { names.join(", ") }
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            }
         );
         return Ok(exit::USAGE);
     };
@@ -356,7 +364,10 @@ async fn refresh(config_path: &Path, job_name: &str, as_json: bool) -> anyhow::R
     match result {
         Ok(report) => {
             if as_json {
-                serde_json::to_writer(&mut out, &json!({"job": job_name, "ok": true, "report": report}))?;
+                serde_json::to_writer(
+                    &mut out,
+                    &json!({"job": job_name, "ok": true, "report": report}),
+                )?;
                 writeln!(out)?;
             } else {
                 writeln!(out, "{}", describe_success(job_name, &report, unix_now()))?;

@@ -322,8 +322,7 @@ impl Config {
             let ctx = |key: &str, why: String| format!("job `{name}`: `{key}` {why}");
             for (key, value) in [("authority", &j.authority), ("token_url", &j.token_url)] {
                 if let Some(v) = value {
-                    Origin::of_url(v.get_ref())
-                        .map_err(|e| invalid(v.span(), ctx(key, e)))?;
+                    Origin::of_url(v.get_ref()).map_err(|e| invalid(v.span(), ctx(key, e)))?;
                 }
             }
             if j.token_url.is_none() && j.secrets.get_ref().tenant_id.is_none() {
@@ -337,7 +336,8 @@ impl Config {
             }
             let is_entra = j.token_url.is_none()
                 && j.authority.as_ref().is_none_or(|a| {
-                    Origin::of_url(a.get_ref()).is_ok_and(|o| o.host.starts_with("login.microsoftonline."))
+                    Origin::of_url(a.get_ref())
+                        .is_ok_and(|o| o.host.starts_with("login.microsoftonline."))
                 });
             if is_entra && !j.scope.ends_with("/.default") {
                 return Err(invalid(
@@ -452,14 +452,19 @@ access_token = "Microsoft Access Token"
         let text = GOOD.replace("schedule = ", "schedul = ");
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("schedul"), "{err}");
-        assert!(err.contains("line 9"), "{err}");
+        assert!(err.contains("line 8"), "{err}");
         assert!(err.contains("/etc/tw/tokenwarden.toml"), "{err}");
     }
 
     #[test]
     fn bad_values_name_line_and_key() {
         let cases = [
-            ("name = \"graph\"", "name = \"Graph!\"", "line 6", "must match"),
+            (
+                "name = \"graph\"",
+                "name = \"Graph!\"",
+                "line 6",
+                "must match",
+            ),
             ("\"every 45m\"", "\"every soon\"", "line 8", "schedule"),
             (
                 "scope = \"https://graph.microsoft.com/.default\"",
@@ -467,12 +472,7 @@ access_token = "Microsoft Access Token"
                 "",
                 "/.default",
             ),
-            (
-                "tenant_id = \"Microsoft Tenant ID\"\n",
-                "",
-                "",
-                "tenant_id",
-            ),
+            ("tenant_id = \"Microsoft Tenant ID\"\n", "", "", "tenant_id"),
         ];
         for (from, to, line, needle) in cases {
             let err = parse(&GOOD.replace(from, to)).unwrap_err().to_string();
@@ -506,7 +506,10 @@ access_token = "token"
             Schedule::parse("every 1h 30m"),
             Ok(Schedule::Every(Duration::from_secs(5400)))
         );
-        assert!(matches!(Schedule::parse("0 */5 * * * *"), Ok(Schedule::Cron(_))));
+        assert!(matches!(
+            Schedule::parse("0 */5 * * * *"),
+            Ok(Schedule::Cron(_))
+        ));
         assert!(Schedule::parse("every 0s").is_err());
         assert!(Schedule::parse("sometimes").is_err());
     }

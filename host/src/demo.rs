@@ -26,7 +26,9 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
     )
     .await
     .context("cannot start the emulator on 127.0.0.1")?;
-    let dir = tempfile::Builder::new().prefix("tokenwarden-demo-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("tokenwarden-demo-")
+        .tempdir()?;
     let store_path = dir.path().join("tokenwarden.db");
     let store = Arc::new(SqliteStore::open(&store_path)?);
     for (name, value) in [
@@ -48,7 +50,10 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
     );
     job.authority = Some(emulator.authority());
 
-    writeln!(out, "tokenwarden demo: fetch and keep an access token, offline\n")?;
+    writeln!(
+        out,
+        "tokenwarden demo: fetch and keep an access token, offline\n"
+    )?;
     writeln!(
         out,
         "1. An Entra-compatible token endpoint (the emulator) listens on {}.",
@@ -94,7 +99,11 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
         line
     };
 
-    writeln!(out, "{}", attempt("Refresh: the plugin fetches a token and stores it."))?;
+    writeln!(
+        out,
+        "{}",
+        attempt("Refresh: the plugin fetches a token and stores it.")
+    )?;
     let report = runtime.run(&job, store.clone()).await?;
     writeln!(
         out,

@@ -31,7 +31,8 @@ impl Origin {
             Some((scheme, rest)) => (true, format!("{scheme}://{rest}")),
             None => (false, text.to_string()),
         };
-        let url = url::Url::parse(&to_parse).map_err(|e| format!("`{text}` is not an origin: {e}"))?;
+        let url =
+            url::Url::parse(&to_parse).map_err(|e| format!("`{text}` is not an origin: {e}"))?;
         if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
             return Err(format!(
                 "`{text}` is not an origin: give scheme://host[:port] without a path"
@@ -170,9 +171,7 @@ impl EgressPolicy {
             (None, "http") => 80,
             _ => return false,
         };
-        self.allowed
-            .iter()
-            .any(|o| o.matches(scheme, &host, port))
+        self.allowed.iter().any(|o| o.matches(scheme, &host, port))
     }
 }
 
@@ -203,7 +202,8 @@ impl WasiHttpHooks for EgressPolicy {
         let options = self.limits.clamp(options);
         Box::new(async move {
             use http_body_util::BodyExt;
-            let (res, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            let (res, io) =
+                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
             Ok((
                 res.map(BodyExt::boxed_unsync),
                 Box::new(io) as Box<dyn Future<Output = _> + Send>,
@@ -247,7 +247,10 @@ mod tests {
             assert!(Origin::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(Origin::parse("http://127.0.0.1:9").unwrap().port, 9);
-        assert_eq!(Origin::parse("HTTPS://Host.Example/").unwrap().host, "host.example");
+        assert_eq!(
+            Origin::parse("HTTPS://Host.Example/").unwrap().host,
+            "host.example"
+        );
     }
 
     #[test]
@@ -273,6 +276,9 @@ mod tests {
         let got = limits.clamp(Some(asked));
         assert_eq!(got.connect_timeout, Some(limits.connect_timeout));
         assert_eq!(got.first_byte_timeout, Some(Duration::ZERO));
-        assert_eq!(got.between_bytes_timeout, Some(limits.between_bytes_timeout));
+        assert_eq!(
+            got.between_bytes_timeout,
+            Some(limits.between_bytes_timeout)
+        );
     }
 }

@@ -69,8 +69,11 @@ impl std::str::FromStr for Fault {
             None => (s, None),
         };
         let num = |a: Option<&str>| -> Result<Option<u64>, String> {
-            a.map(|a| a.parse().map_err(|_| format!("fault `{s}`: `{a}` is not a number")))
-                .transpose()
+            a.map(|a| {
+                a.parse()
+                    .map_err(|_| format!("fault `{s}`: `{a}` is not a number"))
+            })
+            .transpose()
         };
         Ok(match head {
             "429" => Fault::Throttle {
@@ -87,9 +90,11 @@ impl std::str::FromStr for Fault {
                 Ok(status) if (100..600).contains(&status) && arg.is_none() => {
                     Fault::Status { status }
                 }
-                _ => return Err(format!(
-                    "unknown fault `{s}` (try 503, 429:5, unavailable, malformed, empty-token, missing-token, delay:1500)"
-                )),
+                _ => {
+                    return Err(format!(
+                        "unknown fault `{s}` (try 503, 429:5, unavailable, malformed, empty-token, missing-token, delay:1500)"
+                    ));
+                }
             },
         })
     }
@@ -245,7 +250,10 @@ pub fn router(state: EmulatorState) -> Router {
         .with_state(state)
 }
 
-async fn add_faults(State(state): State<EmulatorState>, Json(faults): Json<Vec<Fault>>) -> StatusCode {
+async fn add_faults(
+    State(state): State<EmulatorState>,
+    Json(faults): Json<Vec<Fault>>,
+) -> StatusCode {
     state.push_faults(faults);
     StatusCode::NO_CONTENT
 }
@@ -369,12 +377,19 @@ async fn token(
 fn issue(state: &EmulatorState, tenant: &str, headers: &HeaderMap, body: &[u8]) -> Response {
     let form: HashMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
     let mut inner = state.lock();
-    if !inner.config.tenants.iter().any(|t| t.eq_ignore_ascii_case(tenant)) {
+    if !inner
+        .config
+        .tenants
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(tenant))
+    {
         return entra_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             90002,
-            &format!("Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."),
+            &format!(
+                "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
+            ),
         );
     }
     let is_form = headers
@@ -422,7 +437,9 @@ fn issue(state: &EmulatorState, tenant: &str, headers: &HeaderMap, body: &[u8]) 
             StatusCode::BAD_REQUEST,
             "unauthorized_client",
             700016,
-            &format!("Application with identifier '{client_id}' was not found in the directory '{tenant}'."),
+            &format!(
+                "Application with identifier '{client_id}' was not found in the directory '{tenant}'."
+            ),
         );
     };
     match secret {
@@ -439,7 +456,9 @@ fn issue(state: &EmulatorState, tenant: &str, headers: &HeaderMap, body: &[u8]) 
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 7000215,
-                &format!("Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."),
+                &format!(
+                    "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+                ),
             );
         }
         Some(_) => {}
@@ -453,7 +472,9 @@ fn issue(state: &EmulatorState, tenant: &str, headers: &HeaderMap, body: &[u8]) 
             StatusCode::BAD_REQUEST,
             "invalid_scope",
             1002012,
-            &format!("The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."),
+            &format!(
+                "The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."
+            ),
         );
     }
 
@@ -463,7 +484,8 @@ fn issue(state: &EmulatorState, tenant: &str, headers: &HeaderMap, body: &[u8]) 
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let audience = scope.trim_end_matches("/.default");
-    let header = URL_SAFE_NO_PAD.encode(br#"{"typ":"JWT","alg":"RS256","kid":"tokenwarden-emulator"}"#);
+    let header =
+        URL_SAFE_NO_PAD.encode(br#"{"typ":"JWT","alg":"RS256","kid":"tokenwarden-emulator"}"#);
     let claims = json!({
         "aud": audience,
         "iss": format!("https://sts.windows.net/{tenant}/"),
@@ -525,7 +547,12 @@ mod tests {
     fn fault_specs_parse() {
         assert_eq!("503".parse(), Ok(Fault::Status { status: 503 }));
         assert_eq!("429".parse(), Ok(Fault::Throttle { retry_after: None }));
-        assert_eq!("429:5".parse(), Ok(Fault::Throttle { retry_after: Some(5) }));
+        assert_eq!(
+            "429:5".parse(),
+            Ok(Fault::Throttle {
+                retry_after: Some(5)
+            })
+        );
         assert_eq!("delay:20".parse(), Ok(Fault::Delay { ms: 20 }));
         assert_eq!("empty-token".parse(), Ok(Fault::EmptyToken));
         assert!("delay".parse::<Fault>().is_err());
@@ -537,7 +564,10 @@ mod tests {
     fn basic_credentials_are_form_decoded() {
         let mut h = HeaderMap::new();
         let enc = STANDARD.encode("a%2Bb:c+d%3D");
-        h.insert(header::AUTHORIZATION, format!("Basic {enc}").parse().unwrap());
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Basic {enc}").parse().unwrap(),
+        );
         assert_eq!(basic_credentials(&h), Some(("a+b".into(), "c d=".into())));
     }
 }

@@ -88,7 +88,7 @@ pub enum PluginError {
     ServerError(u16),
     /// OAuth error reply.
     #[error("token endpoint rejected the request: {0}")]
-    Rejected(OAuthError),
+    Rejected(Box<OAuthError>),
     /// Unusable reply.
     #[error("invalid token response: {0}")]
     InvalidResponse(String),
@@ -206,22 +206,28 @@ mod tests {
     use super::*;
 
     fn rejected(status: u16, error: &str) -> RunError {
-        RunError::Plugin(PluginError::Rejected(OAuthError {
+        RunError::Plugin(PluginError::Rejected(Box::new(OAuthError {
             status,
             error: error.into(),
             description: None,
             error_codes: vec![],
             trace_id: None,
             correlation_id: None,
-        }))
+        })))
     }
 
     #[test]
     fn retry_classes_follow_status_and_error_code() {
         assert_eq!(rejected(400, "invalid_client").retry(), Retry::Permanent);
         assert_eq!(rejected(400, "invalid_scope").retry(), Retry::Permanent);
-        assert_eq!(rejected(401, "unauthorized_client").retry(), Retry::Permanent);
-        assert_eq!(rejected(400, "temporarily_unavailable").retry(), Retry::Retryable);
+        assert_eq!(
+            rejected(401, "unauthorized_client").retry(),
+            Retry::Permanent
+        );
+        assert_eq!(
+            rejected(400, "temporarily_unavailable").retry(),
+            Retry::Retryable
+        );
         assert_eq!(rejected(503, "whatever").retry(), Retry::Retryable);
         assert_eq!(
             RunError::Plugin(PluginError::Throttled(Some(5))).retry(),

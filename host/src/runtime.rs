@@ -61,7 +61,10 @@ pub struct RunReport {
 }
 
 mod millis {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_u128(d.as_millis())
     }
 }
@@ -279,14 +282,14 @@ fn from_wit(e: action::Error) -> PluginError {
         W::Transport(s) => PluginError::Transport(s),
         W::Throttled(s) => PluginError::Throttled(s),
         W::ServerError(s) => PluginError::ServerError(s),
-        W::Rejected(o) => PluginError::Rejected(OAuthError {
+        W::Rejected(o) => PluginError::Rejected(Box::new(OAuthError {
             status: o.status,
             error: o.error,
             description: o.description,
             error_codes: o.error_codes,
             trace_id: o.trace_id,
             correlation_id: o.correlation_id,
-        }),
+        })),
         W::InvalidResponse(s) => PluginError::InvalidResponse(s),
         W::BadRequest(s) => PluginError::BadRequest(s),
     }

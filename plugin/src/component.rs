@@ -116,7 +116,8 @@ fn send(request: &HttpRequest) -> Result<HttpReply, oauth::Error> {
     let origin = request.endpoint.origin();
     let bad = |what: &str| oauth::Error::BadRequest(format!("{origin}: {what}"));
     let entries: Vec<(String, Vec<u8>)> = request.headers.clone();
-    let headers = Fields::from_list(&entries).map_err(|e| bad(&format!("header refused: {e:?}")))?;
+    let headers =
+        Fields::from_list(&entries).map_err(|e| bad(&format!("header refused: {e:?}")))?;
     let out = OutgoingRequest::new(headers);
     out.set_method(&Method::Post).map_err(|_| bad("method"))?;
     let scheme = if request.endpoint.https {

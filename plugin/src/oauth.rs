@@ -99,7 +99,7 @@ pub enum Error {
     /// HTTP 5xx without an OAuth body.
     ServerError(u16),
     /// An OAuth error reply.
-    Rejected(OAuthError),
+    Rejected(Box<OAuthError>),
     /// An unusable reply.
     InvalidResponse(String),
     /// A request that cannot be sent.
@@ -122,7 +122,9 @@ impl Endpoint {
     /// URL would end up in logs, and a fragment means the URL is not what the user meant.
     pub fn parse(url: &str) -> Result<Self, Error> {
         let bad = |why: &str| Error::BadRequest(format!("token URL `{url}`: {why}"));
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("not an absolute URL"))?;
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad("not an absolute URL"))?;
         let https = match scheme.to_ascii_lowercase().as_str() {
             "https" => true,
             "http" => false,
@@ -145,7 +147,10 @@ impl Endpoint {
         if tail.contains('#') {
             return Err(bad("fragments are not allowed"));
         }
-        if tail.chars().any(|c| c.is_ascii_whitespace() || c.is_ascii_control()) {
+        if tail
+            .chars()
+            .any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
+        {
             return Err(bad("whitespace in the path"));
         }
         let path_and_query = if tail.starts_with('/') {
@@ -200,7 +205,10 @@ impl std::fmt::Debug for HttpRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpRequest")
             .field("endpoint", &self.endpoint)
-            .field("body", &format_args!("[redacted; {} bytes]", self.body.len()))
+            .field(
+                "body",
+                &format_args!("[redacted; {} bytes]", self.body.len()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -311,7 +319,10 @@ pub fn build_request(
         form.append_pair(name, value);
     }
     let body = form.finish().into_bytes();
-    headers.push(("content-length".to_string(), body.len().to_string().into_bytes()));
+    headers.push((
+        "content-length".to_string(),
+        body.len().to_string().into_bytes(),
+    ));
     Ok(HttpRequest {
         endpoint,
         headers,
@@ -404,14 +415,16 @@ pub fn parse_reply(reply: &HttpReply, now: u64) -> Result<Token, Error> {
             "HTTP {status}: the token endpoint redirected, and redirects are not followed"
         ))),
         _ => match serde_json::from_slice::<ErrorBody>(&reply.body) {
-            Ok(e) if !e.error.is_empty() && status >= 400 => Err(Error::Rejected(OAuthError {
-                status,
-                error: e.error,
-                description: e.error_description,
-                error_codes: e.error_codes,
-                trace_id: e.trace_id,
-                correlation_id: e.correlation_id,
-            })),
+            Ok(e) if !e.error.is_empty() && status >= 400 => {
+                Err(Error::Rejected(Box::new(OAuthError {
+                    status,
+                    error: e.error,
+                    description: e.error_description,
+                    error_codes: e.error_codes,
+                    trace_id: e.trace_id,
+                    correlation_id: e.correlation_id,
+                })))
+            }
             _ if status >= 500 => Err(Error::ServerError(status)),
             _ => Err(Error::InvalidResponse(format!(
                 "HTTP {status} without an OAuth error body"

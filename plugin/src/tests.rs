@@ -1,0 +1,392 @@
+//! Native unit tests of the OAuth core and the refresh flow.
+
+use crate::flow::{self, Env, role};
+use crate::oauth::*;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+fn entra_request() -> Request {
+    Request {
+        scope: "https://graph.microsoft.com/.default".into(),
+        authority: None,
+        token_url: None,
+        client_auth: ClientAuth::Post,
+        extra_params: vec![],
+    }
+}
+
+fn creds() -> Credentials {
+    Credentials {
+        client_id: "id 1".into(),
+        client_secret: "s3cr~t+/=&x".into(),
+    }
+}
+
+fn form(body: &[u8]) -> HashMap<String, String> {
+    form_urlencoded::parse(body).into_owned().collect()
+}
+
+#[test]
+fn entra_endpoint_from_authority_and_tenant() {
+    let e = endpoint(&entra_request(), Some("contoso.onmicrosoft.com")).unwrap();
+    assert!(e.https);
+    assert_eq!(e.authority, "login.microsoftonline.com");
+    assert_eq!(
+        e.path_and_query,
+        "/contoso.onmicrosoft.com/oauth2/v2.0/token"
+    );
+    assert!(e.is_entra());
+
+    let mut req = entra_request();
+    req.authority = Some("http://127.0.0.1:8421/".into());
+    let e = endpoint(&req, Some("t1")).unwrap();
+    assert_eq!(
+        (e.https, e.authority.as_str(), e.path_and_query.as_str()),
+        (false, "127.0.0.1:8421", "/t1/oauth2/v2.0/token")
+    );
+    assert!(!e.is_entra());
+}
+
+#[test]
+fn token_url_overrides_authority_and_needs_no_tenant() {
+    let mut req = entra_request();
+    req.token_url = Some("https://idp.example.com:8443/oauth2/token?x=1".into());
+    req.authority = Some("https://ignored".into());
+    let e = endpoint(&req, None).unwrap();
+    assert_eq!(e.authority, "idp.example.com:8443");
+    assert_eq!(e.path_and_query, "/oauth2/token?x=1");
+    assert_eq!(e.host(), "idp.example.com");
+}
+
+#[test]
+fn hostile_tenants_and_urls_are_refused() {
+    for tenant in ["", "../admin", "a/b", "t?x=1", "t#f", "a b", ".hidden"] {
+        let err = endpoint(&entra_request(), Some(tenant)).unwrap_err();
+        assert!(matches!(err, Error::BadRequest(_)), "{tenant}: {err:?}");
+        // The tenant comes from a secret: it must not be quoted back.
+        if tenant.len() > 3 {
+            assert!(!format!("{err:?}").contains(tenant));
+        }
+    }
+    for url in [
+        "ftp://x/token",
+        "https://user:pw@x/token",
+        "https:///token",
+        "https://x/t#frag",
+        "x/token",
+        "https://x y/t",
+    ] {
+        assert!(Endpoint::parse(url).is_err(), "{url}");
+    }
+}
+
+#[test]
+fn post_body_is_form_encoded_with_content_length() {
+    let e = endpoint(&entra_request(), Some("t")).unwrap();
+    let r = build_request(&entra_request(), e, &creds()).unwrap();
+    let f = form(&r.body);
+    assert_eq!(f["grant_type"], "client_credentials");
+    assert_eq!(f["client_id"], "id 1");
+    assert_eq!(f["client_secret"], "s3cr~t+/=&x");
+    assert_eq!(f["scope"], "https://graph.microsoft.com/.default");
+    let body = String::from_utf8(r.body.clone()).unwrap();
+    assert!(
+        body.contains("scope=https%3A%2F%2Fgraph.microsoft.com%2F.default"),
+        "{body}"
+    );
+    let header = |n: &str| {
+        r.headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+    };
+    assert_eq!(header("content-length"), Some(r.body.len().to_string()));
+    assert_eq!(
+        header("content-type").as_deref(),
+        Some("application/x-www-form-urlencoded")
+    );
+    assert!(header("authorization").is_none());
+    // Debug output must not show the form (it holds the secret).
+    assert!(!format!("{r:?}").contains("s3cr"));
+}
+
+#[test]
+fn basic_auth_encodes_per_rfc6749_2_3_1() {
+    let mut req = entra_request();
+    req.client_auth = ClientAuth::Basic;
+    let e = endpoint(&req, Some("t")).unwrap();
+    let r = build_request(&req, e, &creds()).unwrap();
+    let f = form(&r.body);
+    assert!(!f.contains_key("client_secret") && !f.contains_key("client_id"));
+    let auth = r
+        .headers
+        .iter()
+        .find(|(k, _)| k == "authorization")
+        .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+        .unwrap();
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(auth.strip_prefix("Basic ").unwrap())
+        .unwrap();
+    // Space becomes '+', reserved characters are percent-encoded before base64.
+    assert_eq!(
+        String::from_utf8(decoded).unwrap(),
+        "id+1:s3cr%7Et%2B%2F%3D%26x"
+    );
+}
+
+#[test]
+fn entra_scope_rule_applies_to_entra_only() {
+    let mut req = entra_request();
+    req.scope = "User.Read".into();
+    let e = endpoint(&req, Some("t")).unwrap();
+    assert!(matches!(
+        build_request(&req, e, &creds()),
+        Err(Error::BadRequest(_))
+    ));
+    req.token_url = Some("https://idp.example.com/token".into());
+    let e = endpoint(&req, None).unwrap();
+    assert!(build_request(&req, e, &creds()).is_ok());
+    // Empty scope is left out for generic servers.
+    req.scope.clear();
+    let e = endpoint(&req, None).unwrap();
+    assert!(!form(&build_request(&req, e, &creds()).unwrap().body).contains_key("scope"));
+}
+
+#[test]
+fn extra_params_cannot_override_owned_ones() {
+    let mut req = entra_request();
+    req.token_url = Some("https://idp.example.com/token".into());
+    req.extra_params = vec![("audience".into(), "https://api".into())];
+    let e = endpoint(&req, None).unwrap();
+    assert_eq!(
+        form(&build_request(&req, e.clone(), &creds()).unwrap().body)["audience"],
+        "https://api"
+    );
+    req.extra_params = vec![("grant_type".into(), "password".into())];
+    assert!(matches!(
+        build_request(&req, e, &creds()),
+        Err(Error::BadRequest(_))
+    ));
+}
+
+fn reply(status: u16, body: &str) -> HttpReply {
+    HttpReply {
+        status,
+        retry_after: None,
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+#[test]
+fn success_with_numbers_or_strings() {
+    let t = parse_reply(
+        &reply(200, r#"{"token_type":"Bearer","expires_in":3599,"ext_expires_in":"3599","refresh_in":1800,"access_token":"eyJ.x.y"}"#),
+        1000,
+    )
+    .ok()
+    .unwrap();
+    assert_eq!(t.access_token, "eyJ.x.y");
+    assert_eq!(t.outcome.expires_in, Some(3599));
+    assert_eq!(t.outcome.expires_at, Some(4599));
+    assert_eq!(t.outcome.ext_expires_in, Some(3599));
+    assert_eq!(t.outcome.refresh_in, Some(1800));
+
+    let t = parse_reply(
+        &reply(200, r#"{"access_token":"a","expires_in":"60","scope":"s"}"#),
+        0,
+    )
+    .ok()
+    .unwrap();
+    assert_eq!(
+        (t.outcome.expires_in, t.outcome.token_type.as_str()),
+        (Some(60), "Bearer")
+    );
+    assert_eq!(t.outcome.scope.as_deref(), Some("s"));
+
+    let t = parse_reply(
+        &reply(200, r#"{"access_token":"a","token_type":"bearer"}"#),
+        0,
+    )
+    .ok()
+    .unwrap();
+    assert_eq!((t.outcome.expires_in, t.outcome.expires_at), (None, None));
+}
+
+#[test]
+fn unusable_success_replies_are_invalid_and_never_quote_the_body() {
+    for body in [
+        r#"{"token_type":"Bearer","access_token":""}"#,
+        r#"{"token_type":"Bearer","access_token":"   "}"#,
+        r#"{"token_type":"Bearer"}"#,
+        r#"{"access_token":"tok-canary","expires_in":"soon"}"#,
+        r#"{"access_token":"tok-canary","expires_in":-5}"#,
+        r#"{"access_token":"tok-canary""#,
+        "<html>tok-canary</html>",
+        "",
+    ] {
+        match parse_reply(&reply(200, body), 0) {
+            Err(e @ Error::InvalidResponse(_)) => {
+                assert!(!format!("{e:?}").contains("tok-canary"), "{e:?}")
+            }
+            Err(other) => panic!("{body}: {other:?}"),
+            Ok(_) => panic!("{body}: accepted"),
+        }
+    }
+}
+
+#[test]
+fn oversized_replies_are_refused() {
+    let big = format!(r#"{{"access_token":"{}"}}"#, "a".repeat(MAX_REPLY_BYTES));
+    assert!(matches!(
+        parse_reply(&reply(200, &big), 0),
+        Err(Error::InvalidResponse(m)) if m.contains("larger")
+    ));
+}
+
+#[test]
+fn oauth_errors_keep_entra_diagnostics() {
+    let body = r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.","error_codes":[7000215],"timestamp":"2026-01-01 00:00:00Z","trace_id":"tr","correlation_id":"co","error_uri":"https://login.microsoftonline.com/error?code=7000215"}"#;
+    let Err(Error::Rejected(e)) = parse_reply(&reply(401, body), 0) else {
+        panic!("not rejected")
+    };
+    assert_eq!(e.status, 401);
+    assert_eq!(e.error, "invalid_client");
+    assert_eq!(e.error_codes, vec![7000215]);
+    assert_eq!(e.trace_id.as_deref(), Some("tr"));
+    assert_eq!(e.correlation_id.as_deref(), Some("co"));
+    // Generic RFC 6749 §5.2 body.
+    let Err(Error::Rejected(e)) = parse_reply(&reply(400, r#"{"error":"invalid_scope"}"#), 0)
+    else {
+        panic!("not rejected")
+    };
+    assert_eq!(
+        (e.error.as_str(), e.error_codes.len()),
+        ("invalid_scope", 0)
+    );
+}
+
+#[test]
+fn status_classes() {
+    let mut r = reply(429, "");
+    assert_eq!(parse_reply(&r, 0).err(), Some(Error::Throttled(None)));
+    r.retry_after = Some(" 7 ".into());
+    assert_eq!(parse_reply(&r, 0).err(), Some(Error::Throttled(Some(7))));
+    r.retry_after = Some("Wed, 21 Oct 2015 07:28:00 GMT".into());
+    assert_eq!(parse_reply(&r, 0).err(), Some(Error::Throttled(None)));
+    assert_eq!(
+        parse_reply(&reply(503, "busy"), 0).err(),
+        Some(Error::ServerError(503))
+    );
+    assert_eq!(
+        parse_reply(&reply(500, ""), 0).err(),
+        Some(Error::ServerError(500))
+    );
+    assert!(matches!(
+        parse_reply(&reply(503, r#"{"error":"temporarily_unavailable"}"#), 0),
+        Err(Error::Rejected(e)) if e.status == 503
+    ));
+    assert!(matches!(
+        parse_reply(&reply(404, "nope"), 0),
+        Err(Error::InvalidResponse(_))
+    ));
+    assert!(
+        matches!(parse_reply(&reply(302, ""), 0), Err(Error::InvalidResponse(m)) if m.contains("redirect"))
+    );
+}
+
+/// An in-memory environment that records what the flow did.
+struct Fake {
+    secrets: RefCell<HashMap<String, String>>,
+    reply: Result<HttpReply, Error>,
+    sent: RefCell<Vec<HttpRequest>>,
+    writes: RefCell<Vec<(String, Option<u64>)>>,
+}
+
+impl Fake {
+    fn new(reply: Result<HttpReply, Error>) -> Self {
+        let secrets = [
+            (role::CLIENT_ID, "app"),
+            (role::CLIENT_SECRET, "the-client-secret"),
+            (role::TENANT_ID, "tenant"),
+            (role::ACCESS_TOKEN, "old-token"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        Self {
+            secrets: RefCell::new(secrets),
+            reply,
+            sent: RefCell::default(),
+            writes: RefCell::default(),
+        }
+    }
+}
+
+impl Env for Fake {
+    fn secret(&self, role: &str) -> Result<Option<String>, Error> {
+        Ok(self.secrets.borrow().get(role).cloned())
+    }
+    fn store(&self, role: &str, value: &str, expires_at: Option<u64>) -> Result<(), Error> {
+        self.secrets.borrow_mut().insert(role.into(), value.into());
+        self.writes.borrow_mut().push((role.into(), expires_at));
+        Ok(())
+    }
+    fn send(&self, request: &HttpRequest) -> Result<HttpReply, Error> {
+        self.sent.borrow_mut().push(request.clone());
+        self.reply.clone()
+    }
+    fn now(&self) -> u64 {
+        100
+    }
+}
+
+#[test]
+fn flow_stores_only_a_real_token() {
+    let env = Fake::new(Ok(reply(
+        200,
+        r#"{"access_token":"new-token","expires_in":60}"#,
+    )));
+    let o = flow::refresh(&env, &entra_request()).unwrap();
+    assert_eq!(o.expires_at, Some(160));
+    assert_eq!(env.secrets.borrow()[role::ACCESS_TOKEN], "new-token");
+    assert_eq!(
+        *env.writes.borrow(),
+        vec![(role::ACCESS_TOKEN.to_string(), Some(160))]
+    );
+
+    for bad in [
+        Ok(reply(200, r#"{"access_token":""}"#)),
+        Ok(reply(500, "")),
+        Ok(reply(401, r#"{"error":"invalid_client"}"#)),
+        Err(Error::Transport("reset".into())),
+    ] {
+        let env = Fake::new(bad);
+        assert!(flow::refresh(&env, &entra_request()).is_err());
+        assert_eq!(env.secrets.borrow()[role::ACCESS_TOKEN], "old-token");
+        assert!(env.writes.borrow().is_empty());
+    }
+}
+
+#[test]
+fn flow_reports_missing_secrets_before_any_request() {
+    for missing in [role::CLIENT_ID, role::CLIENT_SECRET, role::TENANT_ID] {
+        let env = Fake::new(Ok(reply(200, "{}")));
+        env.secrets.borrow_mut().insert(missing.into(), " ".into());
+        assert_eq!(
+            flow::refresh(&env, &entra_request()).err(),
+            Some(Error::MissingSecret(missing.into()))
+        );
+        assert!(env.sent.borrow().is_empty());
+    }
+}
+
+#[test]
+fn flow_redacts_echoed_secrets() {
+    let body = r#"{"error":"invalid_client","error_description":"bad secret the-client-secret"}"#;
+    let env = Fake::new(Ok(reply(401, body)));
+    let err = flow::refresh(&env, &entra_request()).unwrap_err();
+    let text = format!("{err:?}");
+    assert!(!text.contains("the-client-secret"), "{text}");
+    assert!(text.contains("[redacted]"), "{text}");
+}

@@ -26,7 +26,9 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -37,14 +39,15 @@ impl SqliteStore {
             let p = p.display().to_string();
             move |source| StoreError::Io { path: p, source }
         };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if !dir.exists() {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)
-                    .map_err(io(dir))?;
-            }
+        if let Some(dir) = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io(dir))?;
         }
         // Create the file ourselves so that it is never, even briefly, readable by others.
         std::fs::OpenOptions::new()
@@ -60,7 +63,8 @@ impl SqliteStore {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| backend(path, e))?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| backend(path, e))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| backend(path, e))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| backend(path, e))?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -194,7 +198,11 @@ mod tests {
         );
         assert!(store.get("Microsoft Client ID").unwrap().is_none());
         store
-            .set("Microsoft Client ID", &SecretString::from("abc".to_string()), None)
+            .set(
+                "Microsoft Client ID",
+                &SecretString::from("abc".to_string()),
+                None,
+            )
             .unwrap();
         store
             .set("tok", &SecretString::from("t1".to_string()), Some(42))
@@ -209,7 +217,10 @@ mod tests {
         assert_eq!(names, ["Microsoft Client ID", "tok"]);
         // A second handle (another process, in effect) sees committed writes.
         let other = SqliteStore::open(&path).unwrap();
-        assert_eq!(other.get("tok").unwrap().unwrap().value.expose_secret(), "t2");
+        assert_eq!(
+            other.get("tok").unwrap().unwrap().value.expose_secret(),
+            "t2"
+        );
     }
 
     #[test]
@@ -217,7 +228,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
         store
-            .set("n", &SecretString::from("canary-value-123".to_string()), None)
+            .set(
+                "n",
+                &SecretString::from("canary-value-123".to_string()),
+                None,
+            )
             .unwrap();
         let got = store.get("n").unwrap().unwrap();
         assert!(!format!("{got:?} {store:?}").contains("canary-value-123"));
@@ -228,7 +243,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
         for bad in ["", "  ", "a\nb"] {
-            assert!(store.set(bad, &SecretString::from("v".to_string()), None).is_err());
+            assert!(
+                store
+                    .set(bad, &SecretString::from("v".to_string()), None)
+                    .is_err()
+            );
         }
     }
 }
