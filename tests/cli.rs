@@ -359,12 +359,16 @@ async fn demo_runs_offline_and_tells_the_story() {
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
     let out = text(&o.stdout);
     for needle in [
-        "token stored in `Microsoft Access Token`",
-        "accepts the stored token: yes",
-        "The stored token is unchanged: yes; still accepted: yes",
-        "invalid_client (HTTP 401)",
-        "The last good token is kept: yes",
-        "a new token replaced the old one: yes; accepted: yes",
+        "catch-up  ok",
+        "schedule  ok",
+        "FAILED  token endpoint server error (HTTP 503), retryable; last good token kept",
+        "temporarily_unavailable (HTTP 503, AADSTS50001), retryable",
+        "throttled (HTTP 429), Retry-After 1s",
+        "manual    ok",
+        "HTTP 200, ok=true (the same call without the bearer token: HTTP 401)",
+        "invalid_client (HTTP 401, AADSTS7000215), permanent",
+        "the stored token was valid and accepted after every failure: yes",
+        "GET /readyz: HTTP 200",
     ] {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }

@@ -14,5 +14,5 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use exports::tokenwarden::refresh::action;
-pub use tokenwarden::refresh::secrets;
+pub use self::exports::tokenwarden::refresh::action;
+pub use self::tokenwarden::refresh::secrets;

@@ -5,7 +5,9 @@
 //! credentials or configuration); 5 `secrets get` found no such secret. Secret values are
 //! read from stdin, never from argv, and only `secrets get` prints one.
 
+use crate::admin;
 use crate::config::{self, Config, ConfigError};
+use crate::daemon::Daemon;
 use crate::emulator::{self, Emulator, EmulatorConfig, Fault};
 use crate::outcome::{Retry, RunError};
 use crate::runtime::{BUILTIN_COMPONENT, RunReport, Runtime, RuntimeOptions};
@@ -81,6 +83,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The daemon: keep every job's token fresh, serve the admin API, stop on SIGINT/SIGTERM.
+    Run,
     /// Serve an Entra-compatible token endpoint for offline use and tests.
     Emulator(EmulatorArgs),
     /// The whole flow offline: emulator, temporary store, refreshes, printed.
@@ -162,7 +166,7 @@ pub fn main() -> u8 {
             };
         }
     };
-    init_logging(cli.log_format, matches!(cli.command, Command::Emulator(_)));
+    init_logging(cli.log_format, &cli.command);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -183,9 +187,14 @@ pub fn main() -> u8 {
     }
 }
 
-fn init_logging(format: LogFormat, server: bool) {
+fn init_logging(format: LogFormat, command: &Command) {
     use tracing_subscriber::EnvFilter;
-    let default = if server { "info" } else { "warn" };
+    // Servers log what they do; one-shot commands only trouble; the demo tells its own story.
+    let default = match command {
+        Command::Run | Command::Emulator(_) => "info",
+        Command::Demo => "off",
+        _ => "warn",
+    };
     let filter =
         EnvFilter::try_from_env("TOKENWARDEN_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
@@ -207,6 +216,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             secrets(command, &store)
         }
         Command::Refresh { job, json } => refresh(&config_path, &job, json).await,
+        Command::Run => daemon(&config_path).await,
         Command::Emulator(args) => serve_emulator(args).await,
         Command::Demo => {
             crate::demo::run(&mut std::io::stdout()).await?;
@@ -416,8 +426,84 @@ async fn serve_emulator(args: EmulatorArgs) -> anyhow::Result<u8> {
     println!("listening on {}", server.addr);
     tokio::select! {
         _ = server.wait() => Err(anyhow!("the emulator stopped unexpectedly")),
-        _ = tokio::signal::ctrl_c() => Ok(exit::OK),
+        _ = shutdown_signal() => Ok(exit::OK),
     }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn daemon(config_path: &Path) -> anyhow::Result<u8> {
+    let config = Config::load(config_path)?;
+    if config.jobs.is_empty() {
+        eprintln!(
+            "error: {} has no [[jobs]]; nothing to run",
+            config.path.display()
+        );
+        return Ok(exit::USAGE);
+    }
+    let admin_cfg = &config.admin;
+    if let Err(e) = admin::check_exposure(admin_cfg.listen, admin_cfg.token_secret.as_deref()) {
+        eprintln!("error: {e}");
+        return Ok(exit::USAGE);
+    }
+    let store: Arc<dyn SecretStore> = Arc::new(SqliteStore::open(&config.store.path)?);
+    let runtime = Arc::new(Runtime::new(RuntimeOptions::default())?);
+    let started = std::time::Instant::now();
+    for job in &config.jobs {
+        if let Err(e) = runtime.preload(job) {
+            eprintln!("error: job `{}`: {e}", job.name);
+            return Ok(exit::USAGE);
+        }
+    }
+    tracing::info!(
+        jobs = config.jobs.len(),
+        compile_ms = started.elapsed().as_millis() as u64,
+        "components ready"
+    );
+    if let Some(name) = &admin_cfg.token_secret
+        && store.get(name)?.is_none()
+    {
+        tracing::warn!(secret = %name, "the admin token secret is not set: protected admin routes answer 401 until it is");
+    }
+    let listener = tokio::net::TcpListener::bind(admin_cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", admin_cfg.listen))?;
+    let daemon = Daemon::start(&config, runtime, store.clone())?;
+    let app = admin::router(daemon.clone(), store, admin_cfg.token_secret.as_deref());
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = admin_stopped.await;
+            })
+            .into_future(),
+    );
+    tracing::info!(admin = %admin_cfg.listen, jobs = config.jobs.len(), "tokenwarden running");
+    shutdown_signal().await;
+    let grace = config.daemon.shutdown_grace;
+    tracing::info!(
+        grace_s = grace.as_secs_f32(),
+        "stopping: no new runs; waiting for runs in flight"
+    );
+    let _ = stop_admin.send(());
+    let finished = daemon.shutdown(grace).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    tracing::info!(all_runs_finished = finished, "stopped");
+    Ok(exit::OK)
 }
 
 fn export(file: &Path) -> anyhow::Result<u8> {

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use toml::Spanned;
 
 /// Environment variable naming the config file when `--config` is not given.
@@ -62,6 +62,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// The daemon's admin API.
     pub admin: AdminConfig,
+    /// The daemon's scheduling and limits.
+    pub daemon: DaemonConfig,
     /// The jobs, in file order.
     pub jobs: Vec<JobConfig>,
 }
@@ -82,6 +84,27 @@ pub struct AdminConfig {
     pub token_secret: Option<String>,
 }
 
+/// `[daemon]`: scheduling policy and limits of `tokenwarden run`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// Runs in flight at once across all jobs.
+    pub max_concurrent_runs: usize,
+    /// How long a stopping daemon lets runs in flight finish.
+    pub shutdown_grace: Duration,
+    /// Refresh timing and retry backoff.
+    pub policy: crate::schedule::Policy,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_runs: 16,
+            shutdown_grace: Duration::from_secs(30),
+            policy: crate::schedule::Policy::default(),
+        }
+    }
+}
+
 /// How the client authenticates at the token endpoint.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -100,13 +123,69 @@ pub enum Schedule {
     Auto,
     /// A fixed interval, `every 45m`.
     Every(Duration),
-    /// A cron expression, kept as written; the daemon parses it.
-    Cron(String),
+    /// A cron expression, evaluated in UTC.
+    Cron(CronSchedule),
+}
+
+/// A parsed cron expression: five fields (minute hour day-of-month month day-of-week) or
+/// six with a leading seconds field; evaluated in UTC.
+#[derive(Clone)]
+pub struct CronSchedule {
+    expr: String,
+    cron: croner::Cron,
+}
+
+impl CronSchedule {
+    /// Parses a cron expression.
+    pub fn parse(expr: &str) -> Result<Self, String> {
+        let cron = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Optional)
+            .build()
+            .parse(expr)
+            .map_err(|e| format!("`{expr}` is not a valid cron expression: {e}"))?;
+        Ok(Self {
+            expr: expr.to_string(),
+            cron,
+        })
+    }
+
+    /// The first slot strictly after `t`.
+    pub fn next_after(&self, t: SystemTime) -> SystemTime {
+        let at = chrono::DateTime::<chrono::Utc>::from(t);
+        match self.cron.find_next_occurrence(&at, false) {
+            Ok(next) => next.into(),
+            // A pattern that never fires again (e.g. a past date): effectively never.
+            Err(_) => t + Duration::from_secs(100 * 365 * 24 * 3600),
+        }
+    }
+}
+
+impl std::fmt::Debug for CronSchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cron({:?})", self.expr)
+    }
+}
+
+impl PartialEq for CronSchedule {
+    fn eq(&self, other: &Self) -> bool {
+        self.expr == other.expr
+    }
+}
+
+impl Eq for CronSchedule {}
+
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Schedule::Auto => f.write_str("auto"),
+            Schedule::Every(d) => write!(f, "every {}", humantime::format_duration(*d)),
+            Schedule::Cron(c) => write!(f, "cron {}", c.expr),
+        }
+    }
 }
 
 impl Schedule {
-    /// Parses `auto`, `every <duration>` (humantime: `45m`, `1h 30m`) or a cron expression
-    /// of five to seven fields.
+    /// Parses `auto`, `every <duration>` (humantime: `45m`, `1h 30m`) or a cron expression.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
         if text == "auto" {
@@ -121,11 +200,11 @@ impl Schedule {
             return Ok(Schedule::Every(d));
         }
         let fields = text.split_whitespace().count();
-        if (5..=7).contains(&fields) {
-            return Ok(Schedule::Cron(text.to_string()));
+        if (5..=6).contains(&fields) {
+            return CronSchedule::parse(text).map(Schedule::Cron);
         }
         Err(format!(
-            "`{text}` is not `auto`, `every <duration>` or a cron expression"
+            "`{text}` is not `auto`, `every <duration>` or a cron expression of 5 or 6 fields"
         ))
     }
 }
@@ -211,6 +290,7 @@ impl JobConfig {
 struct RawConfig {
     store: Option<RawStore>,
     admin: Option<RawAdmin>,
+    daemon: Option<RawDaemon>,
     #[serde(default)]
     jobs: Vec<Spanned<RawJob>>,
 }
@@ -226,6 +306,19 @@ struct RawStore {
 struct RawAdmin {
     listen: Option<Spanned<String>>,
     token_secret: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    max_concurrent_runs: Option<Spanned<i64>>,
+    shutdown_grace: Option<Spanned<String>>,
+    refresh_lead: Option<Spanned<String>>,
+    retry_initial: Option<Spanned<String>>,
+    retry_max: Option<Spanned<String>>,
+    permanent_retry_initial: Option<Spanned<String>>,
+    permanent_retry_max: Option<Spanned<String>>,
+    throttle_default: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -301,6 +394,60 @@ impl Config {
             })?,
             None => DEFAULT_ADMIN_LISTEN.parse().expect("valid default"),
         };
+
+        let mut daemon = DaemonConfig::default();
+        if let Some(d) = raw.daemon {
+            let duration = |value: Option<Spanned<String>>, key: &str, into: &mut Duration| {
+                if let Some(v) = value {
+                    *into = humantime::parse_duration(v.get_ref()).map_err(|e| {
+                        invalid(v.span(), format!("`daemon.{key}` = `{}`: {e}", v.get_ref()))
+                    })?;
+                }
+                Ok::<_, ConfigError>(())
+            };
+            let p = &mut daemon.policy;
+            duration(
+                d.shutdown_grace,
+                "shutdown_grace",
+                &mut daemon.shutdown_grace,
+            )?;
+            duration(d.refresh_lead, "refresh_lead", &mut p.refresh_lead)?;
+            duration(d.retry_initial, "retry_initial", &mut p.retry_initial)?;
+            duration(d.retry_max, "retry_max", &mut p.retry_max)?;
+            duration(
+                d.permanent_retry_initial,
+                "permanent_retry_initial",
+                &mut p.permanent_retry_initial,
+            )?;
+            duration(
+                d.permanent_retry_max,
+                "permanent_retry_max",
+                &mut p.permanent_retry_max,
+            )?;
+            duration(
+                d.throttle_default,
+                "throttle_default",
+                &mut p.throttle_default,
+            )?;
+            if p.retry_initial.is_zero() || p.permanent_retry_initial.is_zero() {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    line: 1,
+                    message: "`daemon.retry_initial` and `daemon.permanent_retry_initial` must be above zero".into(),
+                });
+            }
+            if let Some(n) = d.max_concurrent_runs {
+                daemon.max_concurrent_runs = usize::try_from(*n.get_ref())
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| {
+                        invalid(
+                            n.span(),
+                            "`daemon.max_concurrent_runs` must be at least 1".into(),
+                        )
+                    })?;
+            }
+        }
 
         let mut jobs: Vec<JobConfig> = Vec::new();
         for job in raw.jobs {
@@ -389,6 +536,7 @@ impl Config {
                 listen,
                 token_secret,
             },
+            daemon,
             jobs,
         })
     }

@@ -1,40 +1,66 @@
-//! `tokenwarden demo`: the whole flow offline, printed for a newcomer. It starts the
-//! emulator, makes a temporary store, runs the built-in component through successes and
-//! failures, and shows that the last good token survives every failure.
+//! `tokenwarden demo`: the product in half a minute, offline. It starts the emulator with
+//! short-lived tokens, a temporary store and the daemon with its admin API, then scripts an
+//! identity-provider outage, a manual trigger and a wrong client secret, printing a
+//! timeline. After each failure it checks that the last good token is still stored and
+//! still accepted by the emulator's protected resource.
 
-use crate::cli::describe_success;
-use crate::config::{JobConfig, SecretRoles};
+use crate::admin;
+use crate::cli::format_list;
+use crate::config::{DaemonConfig, JobConfig, SecretRoles};
+use crate::daemon::{Daemon, RunEvent, Trigger};
 use crate::emulator::{self, Emulator, EmulatorConfig, Fault};
 use crate::runtime::{Runtime, RuntimeOptions};
+use crate::schedule::Policy;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{SecretStore, unix_now};
-use anyhow::Context;
+use anyhow::{Context, bail};
+use http_body_util::BodyExt;
 use secrecy::{ExposeSecret, SecretString};
 use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 const CLIENT_ID: &str = "Microsoft Client ID";
 const CLIENT_SECRET: &str = "Microsoft Client Secret";
 const TENANT_ID: &str = "Microsoft Tenant ID";
 const ACCESS_TOKEN: &str = "Microsoft Access Token";
+const ADMIN_TOKEN: &str = "Admin Token";
+const LIFETIME: Duration = Duration::from_secs(10);
+/// The demo ends by itself well within a minute; this is the hard stop.
+const DEADLINE: Duration = Duration::from_secs(50);
+
+/// What the script does next, driven by the daemon's events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Warmup,
+    Outage,
+    WrongSecret,
+    Recovery,
+    Done,
+}
 
 /// Runs the demo, writing its story to `out`.
 pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
     let emulator = Emulator::start(
         "127.0.0.1:0".parse().expect("valid"),
-        EmulatorConfig::default(),
+        EmulatorConfig {
+            token_lifetime: LIFETIME,
+            ..EmulatorConfig::default()
+        },
     )
     .await
     .context("cannot start the emulator on 127.0.0.1")?;
     let dir = tempfile::Builder::new()
         .prefix("tokenwarden-demo-")
         .tempdir()?;
-    let store_path = dir.path().join("tokenwarden.db");
-    let store = Arc::new(SqliteStore::open(&store_path)?);
+    let store = Arc::new(SqliteStore::open(&dir.path().join("tokenwarden.db"))?);
+    let admin_token = uuid::Uuid::new_v4().to_string();
     for (name, value) in [
         (CLIENT_ID, emulator::DEMO_CLIENT_ID),
         (CLIENT_SECRET, emulator::DEMO_CLIENT_SECRET),
         (TENANT_ID, emulator::DEMO_TENANT),
+        (ADMIN_TOKEN, admin_token.as_str()),
     ] {
         store.set(name, &SecretString::from(value.to_string()), None)?;
     }
@@ -49,157 +75,277 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
         },
     );
     job.authority = Some(emulator.authority());
+    // Demo-sized timings: 10 s tokens, sub-second retries.
+    let daemon_config = DaemonConfig {
+        policy: Policy {
+            refresh_lead: Duration::from_secs(3),
+            retry_initial: Duration::from_millis(500),
+            retry_max: Duration::from_secs(2),
+            permanent_retry_initial: Duration::from_secs(3),
+            permanent_retry_max: Duration::from_secs(6),
+            ..Policy::default()
+        },
+        ..DaemonConfig::default()
+    };
 
-    writeln!(
-        out,
-        "tokenwarden demo: fetch and keep an access token, offline\n"
-    )?;
-    writeln!(
-        out,
-        "1. An Entra-compatible token endpoint (the emulator) listens on {}.",
-        emulator.authority()
-    )?;
-    writeln!(
-        out,
-        "2. A temporary secret store {} holds the app's `{CLIENT_ID}`,\n   `{CLIENT_SECRET}` and `{TENANT_ID}`.",
-        store_path.display()
-    )?;
-    writeln!(
-        out,
-        "3. Job `graph` asks for scope {} with the client-credentials grant.\n   The sandboxed plugin may reach only {} and only these secrets.\n",
-        job.scope,
-        emulator.authority()
-    )?;
-
-    let runtime = Runtime::new(RuntimeOptions::default())?;
-    let started = std::time::Instant::now();
+    let runtime = Arc::new(Runtime::new(RuntimeOptions::default())?);
+    let compile = Instant::now();
     runtime.preload(&job)?;
+    let compile_ms = compile.elapsed().as_millis();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let admin_addr = listener.local_addr()?;
+
     writeln!(
         out,
-        "   (compiled the built-in component in {} ms)\n",
-        started.elapsed().as_millis()
+        "tokenwarden demo: keep an access token fresh through failures, offline (about 30 s)\n"
     )?;
+    writeln!(out, "Setup")?;
+    writeln!(
+        out,
+        "  emulator   Entra-compatible token endpoint at {}; tokens live {} s",
+        emulator.authority(),
+        LIFETIME.as_secs()
+    )?;
+    writeln!(
+        out,
+        "  store      temporary SQLite store {}",
+        store.path().display()
+    )?;
+    writeln!(
+        out,
+        "  job        `graph`: scope {}, schedule `auto` (refresh at half-life)",
+        job.scope
+    )?;
+    writeln!(
+        out,
+        "  sandbox    the plugin (compiled in {compile_ms} ms) may reach only {} and its 4 bound secrets",
+        emulator.authority()
+    )?;
+    writeln!(
+        out,
+        "  admin API  http://{admin_addr} (bearer token from the store)\n"
+    )?;
+    writeln!(out, "Timeline (seconds since start)")?;
+
+    let store_dyn: Arc<dyn SecretStore> = store.clone();
+    let started = Instant::now();
+    let daemon = Daemon::start_jobs(
+        std::slice::from_ref(&job),
+        &daemon_config,
+        runtime,
+        store_dyn.clone(),
+    )?;
+    let mut events = daemon.subscribe();
+    let app = admin::router(daemon.clone(), store_dyn, Some(ADMIN_TOKEN));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
     let token = || -> anyhow::Result<Option<SecretString>> {
         Ok(store.get(ACCESS_TOKEN)?.map(|s| s.value))
     };
-    let same = |a: &Option<SecretString>, b: &Option<SecretString>| match (a, b) {
-        (Some(a), Some(b)) => a.expose_secret() == b.expose_secret(),
-        _ => false,
-    };
-    let accepted = |t: &Option<SecretString>| {
-        t.as_ref()
-            .is_some_and(|t| emulator.state.accepts(t.expose_secret()))
-    };
+    let mut stage = Stage::Warmup;
+    let mut successes = 0u32;
+    let mut failures = 0u32;
+    let mut always_valid = true;
+    let deadline = tokio::time::sleep(DEADLINE);
+    tokio::pin!(deadline);
 
-    let mut step = 4;
-    let mut attempt = |title: &str| {
-        let line = format!("{step}. {title}");
-        step += 1;
-        line
-    };
+    while stage != Stage::Done {
+        let event = tokio::select! {
+            e = events.recv() => e.context("the daemon stopped")?,
+            _ = &mut deadline => bail!("the demo did not finish within {} s", DEADLINE.as_secs()),
+        };
+        let t = started.elapsed().as_secs_f32();
+        let current = token()?;
+        let accepted = current
+            .as_ref()
+            .is_some_and(|v| emulator.state.accepts(v.expose_secret()));
+        writeln!(out, "  {}", describe(&event, t, accepted))?;
+        if event.record.ok {
+            successes += 1;
+        } else {
+            failures += 1;
+            always_valid &= accepted;
+        }
 
-    writeln!(
-        out,
-        "{}",
-        attempt("Refresh: the plugin fetches a token and stores it.")
-    )?;
-    let report = runtime.run(&job, store.clone()).await?;
-    writeln!(
-        out,
-        "   ok in {} ms: {}",
-        report.duration.as_millis(),
-        describe_success("graph", &report, unix_now())
-    )?;
-    let good = token()?;
-    writeln!(
-        out,
-        "   The emulator's protected resource accepts the stored token: {}.\n",
-        yes(accepted(&good))
-    )?;
+        stage = match (stage, event.record.ok) {
+            (Stage::Warmup, true) if successes >= 2 => {
+                emulator.state.push_faults([
+                    Fault::Status { status: 503 },
+                    Fault::Unavailable,
+                    Fault::Throttle {
+                        retry_after: Some(1),
+                    },
+                ]);
+                writeln!(
+                    out,
+                    "         >> the identity provider goes down for the next 3 requests: 503, 503 temporarily_unavailable, 429 Retry-After 1"
+                )?;
+                Stage::Outage
+            }
+            (Stage::Outage, true) => {
+                writeln!(
+                    out,
+                    "         >> an operator calls POST /jobs/graph/refresh on the admin API"
+                )?;
+                let (status, body) =
+                    post(admin_addr, "/jobs/graph/refresh", Some(&admin_token)).await?;
+                let (denied, _) = post(admin_addr, "/jobs/graph/refresh", None).await?;
+                let manual = events.recv().await.context("the daemon stopped")?;
+                successes += u32::from(manual.record.ok);
+                let t = started.elapsed().as_secs_f32();
+                writeln!(out, "  {}", describe(&manual, t, true))?;
+                writeln!(
+                    out,
+                    "         << HTTP {status}, ok={} (the same call without the bearer token: HTTP {denied})",
+                    body["ok"]
+                )?;
+                store.set(
+                    CLIENT_SECRET,
+                    &SecretString::from("a-wrong-secret".to_string()),
+                    None,
+                )?;
+                writeln!(
+                    out,
+                    "         >> someone stores a wrong client secret with `tokenwarden secrets set`"
+                )?;
+                Stage::WrongSecret
+            }
+            (Stage::WrongSecret, false) => {
+                store.set(
+                    CLIENT_SECRET,
+                    &SecretString::from(emulator::DEMO_CLIENT_SECRET.to_string()),
+                    None,
+                )?;
+                writeln!(
+                    out,
+                    "         >> the operator sees the error (logs, /jobs, metrics) and fixes the secret"
+                )?;
+                Stage::Recovery
+            }
+            (Stage::Recovery, true) => Stage::Done,
+            (s, _) => s,
+        };
+    }
 
-    emulator.state.push_faults([Fault::Unavailable]);
-    writeln!(
-        out,
-        "{}",
-        attempt("The identity provider fails (503 temporarily_unavailable); refresh again.")
-    )?;
-    let err = runtime
-        .run(&job, store.clone())
-        .await
-        .expect_err("the emulator was told to fail");
-    writeln!(out, "   failed ({}, {}): {err}", err.class(), err.retry())?;
-    let after = token()?;
-    writeln!(
-        out,
-        "   The stored token is unchanged: {}; still accepted: {}.\n",
-        yes(same(&good, &after)),
-        yes(accepted(&after))
-    )?;
+    let (ready, _) = get(admin_addr, "/readyz", None).await?;
+    let (_, status) = get(admin_addr, "/jobs/graph", Some(&admin_token)).await?;
+    daemon.shutdown(Duration::from_secs(5)).await;
+    server.abort();
 
-    let right = store
-        .get(CLIENT_SECRET)?
-        .context("the demo stored the client secret")?
-        .value;
-    store.set(
-        CLIENT_SECRET,
-        &SecretString::from("a-wrong-secret".to_string()),
-        None,
+    writeln!(out, "\nResult")?;
+    writeln!(
+        out,
+        "  {successes} refreshes, {failures} failed runs in {:.0} s; the stored token was valid and accepted after every failure: {}",
+        started.elapsed().as_secs_f32(),
+        if always_valid { "yes" } else { "NO" }
     )?;
     writeln!(
         out,
-        "{}",
-        attempt("Someone stores a wrong client secret; refresh again.")
-    )?;
-    let err = runtime
-        .run(&job, store.clone())
-        .await
-        .expect_err("a wrong secret is rejected");
-    writeln!(out, "   failed ({}, {}): {err}", err.class(), err.retry())?;
-    writeln!(
-        out,
-        "   The last good token is kept: {}.\n",
-        yes(same(&good, &token()?))
-    )?;
-    store.set(CLIENT_SECRET, &right, None)?;
-
-    writeln!(
-        out,
-        "{}",
-        attempt("The secret is fixed and the provider is back; refresh again.")
-    )?;
-    let report = runtime.run(&job, store.clone()).await?;
-    let fresh = token()?;
-    writeln!(
-        out,
-        "   ok in {} ms: a new token replaced the old one: {}; accepted: {}.\n",
-        report.duration.as_millis(),
-        yes(!same(&good, &fresh)),
-        yes(accepted(&fresh))
-    )?;
-
-    writeln!(
-        out,
-        "`tokenwarden secrets list` of the demo store (names and dates, never values):"
-    )?;
-    write!(
-        out,
-        "{}",
-        crate::cli::format_list(&store.list()?, unix_now())
+        "  GET /readyz: HTTP {ready}; GET /jobs/graph: {} runs, token expires in {} s, next run at {}",
+        status["runs"],
+        status["token_expires_in_seconds"],
+        crate::cli::rfc3339(status["next_run_at"].as_u64().unwrap_or_default())
     )?;
     writeln!(
         out,
-        "\nEmulator: {} token requests, {} tokens issued. The temporary store is removed now.",
-        emulator.state.stats().token_requests,
-        emulator.state.stats().tokens_issued
+        "\n`tokenwarden secrets list` (names and dates, never values):"
     )?;
+    for line in format_list(&store.list()?, unix_now()).lines() {
+        writeln!(out, "  {line}")?;
+    }
     writeln!(
         out,
-        "Next: write a tokenwarden.toml (see README.md), `tokenwarden secrets set NAME` each\ncredential from stdin, and run `tokenwarden refresh JOB`."
+        "\nNext: write a tokenwarden.toml (README.md), store your app's credentials with\n`tokenwarden secrets set NAME` (value on stdin), and start `tokenwarden run`."
     )?;
     Ok(())
 }
 
-fn yes(b: bool) -> &'static str {
-    if b { "yes" } else { "NO" }
+fn describe(e: &RunEvent, t: f32, accepted: bool) -> String {
+    let r = &e.record;
+    let trigger = match r.trigger {
+        Trigger::CatchUp => "catch-up".to_string(),
+        Trigger::Schedule => "schedule".to_string(),
+        Trigger::Manual => "manual".to_string(),
+        Trigger::Retry => format!("retry {}", r.attempt - 1),
+    };
+    let next = e
+        .next_run_at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default()
+        .as_secs_f32();
+    let left = e
+        .token_expires_at
+        .map(|at| i64::try_from(at).unwrap_or(0) - i64::try_from(unix_now()).unwrap_or(0))
+        .unwrap_or(0);
+    match &r.error {
+        None => format!(
+            "+{t:5.1}  {trigger:<9} ok      new token stored ({} ms), valid {} s; next refresh in {next:.1} s",
+            r.duration_ms,
+            r.outcome.as_ref().and_then(|o| o.expires_in).unwrap_or(0),
+        ),
+        Some(err) => {
+            let what = match &err.oauth {
+                Some(o) => format!(
+                    "{} (HTTP {}{})",
+                    o.error,
+                    o.status,
+                    o.error_codes
+                        .first()
+                        .map(|c| format!(", AADSTS{c}"))
+                        .unwrap_or_default()
+                ),
+                None => err.message.clone(),
+            };
+            format!(
+                "+{t:5.1}  {trigger:<9} FAILED  {what}, {}; last good token kept ({left} s left, accepted: {}); retry in {next:.1} s",
+                err.retry,
+                if accepted { "yes" } else { "NO" }
+            )
+        }
+    }
+}
+
+async fn request(
+    addr: SocketAddr,
+    method: http::Method,
+    path: &str,
+    bearer: Option<&str>,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, addr.to_string());
+    if let Some(b) = bearer {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {b}"));
+    }
+    let resp = sender
+        .send_request(req.body(http_body_util::Empty::<bytes::Bytes>::new())?)
+        .await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    ))
+}
+
+async fn post(
+    addr: SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    request(addr, http::Method::POST, path, bearer).await
+}
+
+async fn get(
+    addr: SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    request(addr, http::Method::GET, path, bearer).await
 }

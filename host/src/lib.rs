@@ -5,17 +5,22 @@
 //! capabilities its job grants. Modules by capability:
 //! [`config`] (the TOML contract), [`store`] (durable secrets), [`egress`] (outbound HTTP
 //! policy), [`grants`] (the `secrets` interface), [`runtime`] (engine and runs),
-//! [`emulator`] (an Entra-compatible token endpoint), [`cli`] (the `tokenwarden` command).
+//! [`schedule`] (pure timing decisions), [`daemon`] (scheduled runs, retries), [`admin`]
+//! (HTTP API), [`metrics`], [`emulator`] (an Entra-compatible token endpoint), [`cli`].
 
+pub mod admin;
 mod bindings;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod egress;
 pub mod emulator;
 pub mod grants;
+pub mod metrics;
 pub mod outcome;
 pub mod runtime;
+pub mod schedule;
 pub mod store;
 
 pub use config::{Config, JobConfig};
