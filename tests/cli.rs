@@ -389,3 +389,143 @@ fn help_lists_the_contract_commands() {
     }
     let _ = Path::new(BIN);
 }
+
+/// Starts `tokenwarden run` in the CLI fixture's folder.
+fn spawn_daemon(cli: &Cli, extra_config: &str) -> tokio::process::Child {
+    let cfg = std::fs::read_to_string(cli.config_path()).unwrap();
+    std::fs::write(cli.config_path(), format!("{extra_config}\n{cfg}")).unwrap();
+    tokio::process::Command::new(BIN)
+        .arg("run")
+        .current_dir(cli.dir.path())
+        .env_remove("TOKENWARDEN_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().unwrap().to_string();
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+async fn wait_for_requests(emu: &tokenwarden::emulator::Emulator, n: u64) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while emu.state.stats().token_requests < n {
+        assert!(
+            std::time::Instant::now() < until,
+            "no token request arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_mid_run_lets_the_run_finish_and_exits_zero() {
+    let emu = start_emulator_with(emulator::EmulatorConfig {
+        latency: std::time::Duration::from_millis(1500),
+        ..Default::default()
+    })
+    .await;
+    let cli = Cli::new(&emu.authority());
+    let mut child = spawn_daemon(
+        &cli,
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[daemon]\nshutdown_grace = \"10s\"",
+    );
+    wait_for_requests(&emu, 1).await;
+    sigterm(&child);
+    let status = tokio::time::timeout(std::time::Duration::from_secs(15), child.wait())
+        .await
+        .expect("stopped within the grace period")
+        .unwrap();
+    let mut err = String::new();
+    use tokio::io::AsyncReadExt;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("token refreshed"),
+        "the run in flight finished: {err}"
+    );
+    assert!(err.contains("all_runs_finished=true"), "{err}");
+    assert!(!err.contains(emulator::DEMO_CLIENT_SECRET));
+    // The store opens and holds a complete token the server accepts.
+    let token = cli.run(&["secrets", "get", ACCESS_TOKEN], None).await;
+    assert_eq!(code(&token), 0);
+    assert_eq!(
+        get_with_bearer(emu.addr, "/v1.0/me", &text(&token.stdout)).await,
+        200
+    );
+}
+
+#[tokio::test]
+async fn sigterm_past_the_grace_period_cuts_the_run_off_cleanly() {
+    let emu = start_emulator_with(emulator::EmulatorConfig {
+        latency: std::time::Duration::from_secs(5),
+        ..Default::default()
+    })
+    .await;
+    let cli = Cli::new(&emu.authority());
+    {
+        use tokenwarden::SecretStore;
+        // An expired token, so the daemon catches up at once.
+        tokenwarden::SqliteStore::open(&cli.store_path())
+            .unwrap()
+            .set(
+                ACCESS_TOKEN,
+                &secrecy::SecretString::from("previous-token".to_string()),
+                Some(1),
+            )
+            .unwrap();
+    }
+    let mut child = spawn_daemon(
+        &cli,
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[daemon]\nshutdown_grace = \"200ms\"",
+    );
+    wait_for_requests(&emu, 1).await;
+    sigterm(&child);
+    let status = tokio::time::timeout(std::time::Duration::from_secs(4), child.wait())
+        .await
+        .expect("stopped soon after the grace period")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let list = cli.run(&["secrets", "list"], None).await;
+    assert_eq!(code(&list), 0, "the store opens");
+    let token = cli.run(&["secrets", "get", ACCESS_TOKEN], None).await;
+    assert_eq!(
+        text(&token.stdout),
+        "previous-token",
+        "the cut-off run wrote nothing"
+    );
+}
+
+#[tokio::test]
+async fn run_refuses_an_unauthenticated_admin_api_off_loopback() {
+    let cli = Cli::new("http://127.0.0.1:9");
+    let mut child = spawn_daemon(&cli, "[admin]\nlisten = \"0.0.0.0:0\"");
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(2));
+    let mut err = String::new();
+    use tokio::io::AsyncReadExt;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    assert!(err.contains("token_secret"), "{err}");
+}

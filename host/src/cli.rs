@@ -199,6 +199,7 @@ fn init_logging(format: LogFormat, command: &Command) {
         EnvFilter::try_from_env("TOKENWARDEN_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -482,6 +483,7 @@ async fn daemon(config_path: &Path) -> anyhow::Result<u8> {
     let listener = tokio::net::TcpListener::bind(admin_cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", admin_cfg.listen))?;
+    let admin_addr = listener.local_addr()?;
     let daemon = Daemon::start(&config, runtime, store.clone())?;
     let app = admin::router(daemon.clone(), store, admin_cfg.token_secret.as_deref());
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -492,7 +494,7 @@ async fn daemon(config_path: &Path) -> anyhow::Result<u8> {
             })
             .into_future(),
     );
-    tracing::info!(admin = %admin_cfg.listen, jobs = config.jobs.len(), "tokenwarden running");
+    tracing::info!(admin = %admin_addr, jobs = config.jobs.len(), "tokenwarden running");
     shutdown_signal().await;
     let grace = config.daemon.shutdown_grace;
     tracing::info!(

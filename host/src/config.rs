@@ -124,7 +124,7 @@ pub enum Schedule {
     /// A fixed interval, `every 45m`.
     Every(Duration),
     /// A cron expression, evaluated in UTC.
-    Cron(CronSchedule),
+    Cron(Box<CronSchedule>),
 }
 
 /// A parsed cron expression: five fields (minute hour day-of-month month day-of-week) or
@@ -201,7 +201,7 @@ impl Schedule {
         }
         let fields = text.split_whitespace().count();
         if (5..=6).contains(&fields) {
-            return CronSchedule::parse(text).map(Schedule::Cron);
+            return CronSchedule::parse(text).map(|c| Schedule::Cron(Box::new(c)));
         }
         Err(format!(
             "`{text}` is not `auto`, `every <duration>` or a cron expression of 5 or 6 fields"

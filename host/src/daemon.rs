@@ -433,9 +433,15 @@ impl Inner {
                 Ok(report) => {
                     st.consecutive_failures = 0;
                     st.token_expires_at = report.outcome.expires_at;
+                    // The token's life began when it was requested; `expires_in` gives it
+                    // to the millisecond where `expires_at` is rounded to whole seconds.
+                    let expires_at = match report.outcome.expires_in {
+                        Some(s) => Some(started + Duration::from_secs(s)),
+                        None => report.outcome.expires_at.map(from_unix),
+                    };
                     let token = TokenState {
-                        updated_at: now,
-                        expires_at: report.outcome.expires_at.map(from_unix),
+                        updated_at: started,
+                        expires_at,
                     };
                     let refresh_in = report.outcome.refresh_in.map(Duration::from_secs);
                     st.next_run_at = schedule::next_due(

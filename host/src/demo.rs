@@ -6,6 +6,7 @@
 
 use crate::admin;
 use crate::cli::format_list;
+use crate::client::{get, post};
 use crate::config::{DaemonConfig, JobConfig, SecretRoles};
 use crate::daemon::{Daemon, RunEvent, Trigger};
 use crate::emulator::{self, Emulator, EmulatorConfig, Fault};
@@ -14,10 +15,8 @@ use crate::schedule::Policy;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{SecretStore, unix_now};
 use anyhow::{Context, bail};
-use http_body_util::BodyExt;
 use secrecy::{ExposeSecret, SecretString};
 use std::io::Write;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -188,17 +187,18 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
                     out,
                     "         >> an operator calls POST /jobs/graph/refresh on the admin API"
                 )?;
-                let (status, body) =
+                let manual_reply =
                     post(admin_addr, "/jobs/graph/refresh", Some(&admin_token)).await?;
-                let (denied, _) = post(admin_addr, "/jobs/graph/refresh", None).await?;
+                let denied = post(admin_addr, "/jobs/graph/refresh", None).await?.status;
                 let manual = events.recv().await.context("the daemon stopped")?;
                 successes += u32::from(manual.record.ok);
                 let t = started.elapsed().as_secs_f32();
                 writeln!(out, "  {}", describe(&manual, t, true))?;
                 writeln!(
                     out,
-                    "         << HTTP {status}, ok={} (the same call without the bearer token: HTTP {denied})",
-                    body["ok"]
+                    "         << HTTP {}, ok={} (the same call without the bearer token: HTTP {denied})",
+                    manual_reply.status,
+                    manual_reply.json()["ok"]
                 )?;
                 store.set(
                     CLIENT_SECRET,
@@ -228,8 +228,10 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
         };
     }
 
-    let (ready, _) = get(admin_addr, "/readyz", None).await?;
-    let (_, status) = get(admin_addr, "/jobs/graph", Some(&admin_token)).await?;
+    let ready = get(admin_addr, "/readyz", None).await?.status;
+    let status = get(admin_addr, "/jobs/graph", Some(&admin_token))
+        .await?
+        .json();
     daemon.shutdown(Duration::from_secs(5)).await;
     server.abort();
 
@@ -304,48 +306,4 @@ fn describe(e: &RunEvent, t: f32, accepted: bool) -> String {
             )
         }
     }
-}
-
-async fn request(
-    addr: SocketAddr,
-    method: http::Method,
-    path: &str,
-    bearer: Option<&str>,
-) -> anyhow::Result<(u16, serde_json::Value)> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(http::header::HOST, addr.to_string());
-    if let Some(b) = bearer {
-        req = req.header(http::header::AUTHORIZATION, format!("Bearer {b}"));
-    }
-    let resp = sender
-        .send_request(req.body(http_body_util::Empty::<bytes::Bytes>::new())?)
-        .await?;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok((
-        status,
-        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
-    ))
-}
-
-async fn post(
-    addr: SocketAddr,
-    path: &str,
-    bearer: Option<&str>,
-) -> anyhow::Result<(u16, serde_json::Value)> {
-    request(addr, http::Method::POST, path, bearer).await
-}
-
-async fn get(
-    addr: SocketAddr,
-    path: &str,
-    bearer: Option<&str>,
-) -> anyhow::Result<(u16, serde_json::Value)> {
-    request(addr, http::Method::GET, path, bearer).await
 }

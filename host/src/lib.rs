@@ -11,6 +11,7 @@
 pub mod admin;
 mod bindings;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod demo;
