@@ -116,6 +116,8 @@ pub enum SecretsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Re-encrypt every secret under a new random store key (key file only).
+    RotateKey,
 }
 
 /// `component` subcommands.
@@ -272,6 +274,15 @@ fn secrets(command: SecretsCommand, store: &SqliteStore) -> anyhow::Result<u8> {
                 out.write_all(b"\n")?;
             }
             out.flush()?;
+            Ok(exit::OK)
+        }
+        SecretsCommand::RotateKey => {
+            let n = store.rotate_key()?;
+            let file = match store.key_source() {
+                crate::store::sqlite::KeySource::File(f) => f.display().to_string(),
+                crate::store::sqlite::KeySource::Env => String::new(),
+            };
+            eprintln!("re-encrypted {n} secrets under a new key in {file}");
             Ok(exit::OK)
         }
         SecretsCommand::List { json } => {

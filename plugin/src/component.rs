@@ -107,7 +107,10 @@ impl Env for Wasi {
 
 fn transport(code: &ErrorCode, origin: &str) -> oauth::Error {
     match code {
-        ErrorCode::HttpRequestDenied => oauth::Error::EgressDenied(origin.to_string()),
+        // Refused by the host's policy: by origin, or by the address the name resolved to.
+        ErrorCode::HttpRequestDenied | ErrorCode::DestinationIpProhibited => {
+            oauth::Error::EgressDenied(origin.to_string())
+        }
         other => oauth::Error::Transport(format!("{origin}: {other:?}")),
     }
 }

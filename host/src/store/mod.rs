@@ -4,6 +4,7 @@
 //! printed by `Debug`. Backends: [`sqlite`] (the embedded default). A shared database for
 //! several hosts can implement [`SecretStore`] without touching the rest.
 
+pub mod crypto;
 pub mod sqlite;
 
 use secrecy::SecretString;
@@ -31,6 +32,26 @@ pub enum StoreError {
     /// A name or value the store will not keep.
     #[error("{0}")]
     Invalid(String),
+    /// The store key could not be read or written.
+    #[error(transparent)]
+    Key(#[from] crypto::KeyError),
+    /// The key does not open this store.
+    #[error(
+        "secret store {path}: the store key does not match this store (wrong ${} or key file)",
+        crypto::KEY_ENV
+    )]
+    WrongKey {
+        /// The store.
+        path: String,
+    },
+    /// A record failed authentication.
+    #[error(
+        "secret `{name}` cannot be decrypted: the record was altered or written with another key"
+    )]
+    Decrypt {
+        /// The secret's name.
+        name: String,
+    },
 }
 
 /// What is known about a secret besides its value.
@@ -68,6 +89,10 @@ pub trait SecretStore: Send + Sync {
     /// Metadata of every secret, sorted by name; no values.
     fn list(&self) -> Result<Vec<SecretMeta>, StoreError>;
 }
+
+/// The largest secret value the store keeps. Tokens are a few KiB; this keeps a runaway
+/// plugin from filling the disk.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
 /// Checks a secret name: printable, no control characters, at most 256 bytes. Names may
 /// contain spaces ("Microsoft Client ID").

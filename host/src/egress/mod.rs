@@ -3,10 +3,15 @@
 //! Isolation model: a plugin reaches only its job's allowed origins, matched exactly on
 //! scheme, host and port (a leading `*.` matches subdomains). Everything else is refused in
 //! [`WasiHttpHooks::send_request`] before any connection is made, and the guest sees
-//! `HTTP-request-denied`. Redirects are never followed (the default sender does not), and
-//! connect / first-byte / between-bytes timeouts are capped by the host whatever the guest
-//! asks.
+//! `HTTP-request-denied`. The guest cannot set `Host` or hop-by-hop headers (wasi:http's
+//! forbidden list), so the origin checked is the origin reached. [`send`] then resolves the
+//! name and refuses non-public addresses unless their own origin is allowed, connects to
+//! the vetted address, never follows redirects, and bounds timeouts, header and body sizes
+//! whatever the guest asks.
 
+pub mod send;
+
+use std::sync::Arc;
 use std::time::Duration;
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
 
@@ -110,6 +115,12 @@ pub struct HttpLimits {
     pub first_byte_timeout: Duration,
     /// Between body frames.
     pub between_bytes_timeout: Duration,
+    /// Largest response body, in bytes.
+    pub max_response_body: u64,
+    /// Most response header fields.
+    pub max_response_headers: usize,
+    /// Largest response header section, in bytes.
+    pub max_response_header_bytes: usize,
 }
 
 impl Default for HttpLimits {
@@ -118,6 +129,9 @@ impl Default for HttpLimits {
             connect_timeout: Duration::from_secs(10),
             first_byte_timeout: Duration::from_secs(30),
             between_bytes_timeout: Duration::from_secs(30),
+            max_response_body: 1 << 20,
+            max_response_headers: 100,
+            max_response_header_bytes: 64 * 1024,
         }
     }
 }
@@ -137,7 +151,7 @@ impl HttpLimits {
 
 /// The per-run wasi:http hooks: the allow-list and the limits.
 pub struct EgressPolicy {
-    allowed: Vec<Origin>,
+    allowed: Arc<Vec<Origin>>,
     limits: HttpLimits,
     /// Origins refused during this run, for the run report.
     pub denied: Vec<String>,
@@ -147,7 +161,7 @@ impl EgressPolicy {
     /// A policy allowing exactly `allowed`.
     pub fn new(allowed: Vec<Origin>, limits: HttpLimits) -> Self {
         Self {
-            allowed,
+            allowed: Arc::new(allowed),
             limits,
             denied: Vec::new(),
         }
@@ -200,15 +214,12 @@ impl WasiHttpHooks for EgressPolicy {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         let options = self.limits.clamp(options);
-        Box::new(async move {
-            use http_body_util::BodyExt;
-            let (res, io) =
-                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
-            Ok((
-                res.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
-            ))
-        })
+        Box::new(send::send(
+            request,
+            options,
+            self.allowed.clone(),
+            self.limits,
+        ))
     }
 }
 

@@ -1,0 +1,334 @@
+//! The host's HTTP sender for plugins: the part of the egress policy that runs at connect
+//! time.
+//!
+//! The host name is resolved here and every address is vetted before a connection is made:
+//! a name that resolves to a loopback, private, link-local or otherwise non-public address is
+//! refused unless that address's own origin is on the allow-list. The connection goes to the
+//! vetted address itself, so DNS cannot change between check and connect. Timeouts, the
+//! response header count and size, and the response body size are bounded by the host,
+//! whatever the guest asks. Redirects are never followed: the reply goes back as it came.
+
+use super::{HttpLimits, Origin};
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
+
+/// Whether `ip` is an ordinary public unicast address.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
+                || (a == 192 && b == 0 && v4.octets()[2] == 0) // IETF protocol assignments
+                || (a == 198 && (b == 18 || b == 19)) // benchmarking
+                || a >= 240) // reserved
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00 // unique local
+                || (first & 0xffc0) == 0xfe80 // link-local
+                || (first == 0x2001 && v6.segments()[1] == 0x0db8)) // documentation
+        }
+    }
+}
+
+/// Resolves `host` and keeps the addresses the policy lets this request reach.
+async fn vetted_addresses(
+    scheme: &str,
+    host: &str,
+    port: u16,
+    allowed: &[Origin],
+    timeout: Duration,
+) -> Result<Vec<SocketAddr>, Error> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        // An IP literal only gets here when its own origin is allowed.
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let resolved: Vec<SocketAddr> =
+        match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
+            Err(_) => return Err(Error::DnsTimeout),
+            Ok(Err(e)) => {
+                return Err(Error::DnsError {
+                    rcode: Some(e.to_string()),
+                    info_code: None,
+                });
+            }
+            Ok(Ok(addrs)) => addrs.collect(),
+        };
+    if resolved.is_empty() {
+        return Err(Error::DestinationNotFound);
+    }
+    let allowed_literal = |ip: IpAddr| {
+        allowed
+            .iter()
+            .any(|o| !o.wildcard && o.matches(scheme, &ip.to_string(), port))
+    };
+    let kept: Vec<SocketAddr> = resolved
+        .iter()
+        .copied()
+        .filter(|a| is_public(a.ip()) || allowed_literal(a.ip()))
+        .collect();
+    if kept.is_empty() {
+        tracing::warn!(
+            %host,
+            addresses = ?resolved,
+            "egress denied: the name resolves only to non-public addresses whose origins are not allowed"
+        );
+        return Err(Error::DestinationIpProhibited);
+    }
+    Ok(kept)
+}
+
+fn tls_config() -> Arc<rustls::ClientConfig> {
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+            };
+            Arc::new(
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth(),
+            )
+        })
+        .clone()
+}
+
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+async fn connect(
+    addrs: &[SocketAddr],
+    https: bool,
+    host: &str,
+    timeout: Duration,
+) -> Result<Box<dyn Stream>, Error> {
+    let mut last = Error::ConnectionRefused;
+    for addr in addrs {
+        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Err(_) => last = Error::ConnectionTimeout,
+            Ok(Err(e)) => last = Error::Connect(e),
+            Ok(Ok(tcp)) => {
+                let _ = tcp.set_nodelay(true);
+                if !https {
+                    return Ok(Box::new(tcp));
+                }
+                let name = rustls::pki_types::ServerName::try_from(host.to_string())?;
+                let tls = tokio_rustls::TlsConnector::from(tls_config());
+                return match tokio::time::timeout(timeout, tls.connect(name, tcp)).await {
+                    Err(_) => Err(Error::ConnectionTimeout),
+                    Ok(Err(e)) => Err(Error::Tls(e)),
+                    Ok(Ok(stream)) => Ok(Box::new(stream)),
+                };
+            }
+        }
+    }
+    Err(last)
+}
+
+/// The response body, bounded in size and in time between frames.
+struct GuardedBody {
+    incoming: hyper::body::Incoming,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    remaining: u64,
+    limit: u64,
+}
+
+impl Body for GuardedBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.incoming).poll_frame(cx) {
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Error::from(e)))),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if len > this.remaining {
+                        return Poll::Ready(Some(Err(Error::HttpResponseBodySize(Some(
+                            this.limit,
+                        )))));
+                    }
+                    this.remaining -= len;
+                }
+                let deadline = tokio::time::Instant::now() + this.idle;
+                this.timer.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => {
+                ready!(this.timer.as_mut().poll(cx));
+                Poll::Ready(Some(Err(Error::ConnectionReadTimeout)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+}
+
+type Sent = (
+    http::Response<WasiBody>,
+    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+);
+
+/// Sends an allowed request under the host's limits.
+pub async fn send(
+    mut request: http::Request<WasiBody>,
+    options: RequestOptions,
+    allowed: Arc<Vec<Origin>>,
+    limits: HttpLimits,
+) -> Result<Sent, Error> {
+    let uri = request.uri().clone();
+    let https = uri.scheme_str() == Some("https");
+    let scheme = if https { "https" } else { "http" };
+    let host = uri
+        .host()
+        .ok_or(Error::HttpRequestUriInvalid)?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let connect_timeout = options.connect_timeout.unwrap_or(limits.connect_timeout);
+    let first_byte = options
+        .first_byte_timeout
+        .unwrap_or(limits.first_byte_timeout);
+    let idle = options
+        .between_bytes_timeout
+        .unwrap_or(limits.between_bytes_timeout);
+
+    let addrs = vetted_addresses(scheme, &host, port, &allowed, connect_timeout).await?;
+    let stream = connect(&addrs, https, &host, connect_timeout).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .max_headers(limits.max_response_headers)
+        .max_buf_size(limits.max_response_header_bytes.max(8192))
+        .handshake::<_, WasiBody>(TokioIo::new(stream))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "token endpoint connection ended with an error");
+        }
+    });
+
+    // Origin-form on the wire; the Host header carries the authority.
+    *request.uri_mut() = http::Uri::builder()
+        .path_and_query(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .build()
+        .map_err(|_| Error::HttpRequestUriInvalid)?;
+
+    let response = tokio::time::timeout(first_byte, sender.send_request(request))
+        .await
+        .map_err(|_| Error::ConnectionReadTimeout)??;
+    let declared = response
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_response_body) {
+        return Err(Error::HttpResponseBodySize(declared));
+    }
+    let header_bytes: usize = response
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if header_bytes > limits.max_response_header_bytes {
+        return Err(Error::HttpResponseHeaderSectionSize(
+            u32::try_from(header_bytes).ok(),
+        ));
+    }
+    let response = response.map(|incoming| {
+        use http_body_util::BodyExt;
+        GuardedBody {
+            incoming,
+            idle: idle.max(Duration::from_millis(1)),
+            timer: Box::pin(tokio::time::sleep(idle)),
+            remaining: limits.max_response_body,
+            limit: limits.max_response_body,
+        }
+        .boxed_unsync()
+    });
+    Ok((response, Box::new(async { Ok(()) })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_and_non_public_addresses() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "2001:db8::1",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "20.190.160.1",
+            "8.8.8.8",
+            "2603:1006::1",
+            "::ffff:20.190.160.1",
+        ] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[tokio::test]
+    async fn names_resolving_to_loopback_need_the_literal_origin() {
+        let allowed = vec![Origin::parse("http://localhost:8080").unwrap()];
+        let err = vetted_addresses("http", "localhost", 8080, &allowed, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::DestinationIpProhibited), "{err:?}");
+        let allowed = vec![
+            Origin::parse("http://localhost:8080").unwrap(),
+            Origin::parse("http://127.0.0.1:8080").unwrap(),
+        ];
+        let ok = vetted_addresses("http", "localhost", 8080, &allowed, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(ok.iter().all(|a| a.ip().is_loopback()), "{ok:?}");
+    }
+}
