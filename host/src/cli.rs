@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing_subscriber::Layer as _;
 
 /// Exit codes a script can rely on.
 pub mod exit {
@@ -189,23 +190,61 @@ pub fn main() -> u8 {
     }
 }
 
+/// Dependencies capped at INFO whatever the user asks (a directive matches every target
+/// that starts with it). wasmtime's WASI and HTTP layers, hyper, h2 and rustls log payloads at
+/// DEBUG/TRACE (a plugin's output, HTTP bodies and headers), so uncapped they would put
+/// secrets in the log; wasmtime's compiler and regalloc2 write about a gigabyte per compile.
+const CAPPED_LOGGERS: &[&str] = &[
+    "wasmtime",
+    "cranelift",
+    "regalloc2",
+    "hyper",
+    "h2",
+    "rustls",
+    "tokio_rustls",
+    "axum",
+    "tower",
+];
+
+/// The log filter for a `TOKENWARDEN_LOG`-style spec, with [`CAPPED_LOGGERS`] capped.
+///
+/// The cap is a second filter that must also pass, so no directive in the spec (not even a
+/// more specific one such as `wasmtime_wasi::p2=trace`) can lift it.
+pub fn log_filter<S>(spec: &str) -> impl tracing_subscriber::layer::Filter<S> + use<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
+    let wanted = tracing_subscriber::EnvFilter::try_new(spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let cap = CAPPED_LOGGERS.iter().fold(
+        Targets::new().with_default(LevelFilter::TRACE),
+        |t, target| t.with_target(*target, LevelFilter::INFO),
+    );
+    wanted.and(cap)
+}
+
 fn init_logging(format: LogFormat, command: &Command) {
-    use tracing_subscriber::EnvFilter;
     // Servers log what they do; one-shot commands only trouble; the demo tells its own story.
     let default = match command {
         Command::Run | Command::Emulator(_) => "info",
         Command::Demo => "off",
         _ => "warn",
     };
-    let filter =
-        EnvFilter::try_from_env("TOKENWARDEN_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let spec = std::env::var("TOKENWARDEN_LOG").unwrap_or_else(|_| default.to_string());
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let layer = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry();
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => registry
+            .with(layer.with_filter(log_filter(&spec)))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(layer.json().with_filter(log_filter(&spec)))
+            .try_init(),
     };
 }
 

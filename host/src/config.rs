@@ -4,6 +4,7 @@
 //! not have to guess. Unknown keys are errors, not silently ignored typos.
 
 use crate::egress::Origin;
+use crate::limits::{RawLimits, RunLimits};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -248,6 +249,8 @@ pub struct JobConfig {
     pub token_params: BTreeMap<String, String>,
     /// Wall-clock limit for one run.
     pub timeout: Duration,
+    /// Memory, HTTP and output limits for one run.
+    pub limits: RunLimits,
 }
 
 impl JobConfig {
@@ -265,6 +268,7 @@ impl JobConfig {
             secrets,
             token_params: BTreeMap::new(),
             timeout: DEFAULT_RUN_TIMEOUT,
+            limits: RunLimits::default(),
         }
     }
 
@@ -291,6 +295,7 @@ struct RawConfig {
     store: Option<RawStore>,
     admin: Option<RawAdmin>,
     daemon: Option<RawDaemon>,
+    limits: Option<RawLimits>,
     #[serde(default)]
     jobs: Vec<Spanned<RawJob>>,
 }
@@ -338,6 +343,7 @@ struct RawJob {
     #[serde(default)]
     token_params: BTreeMap<String, String>,
     timeout: Option<Spanned<String>>,
+    limits: Option<RawLimits>,
 }
 
 /// Where the config file is: `--config`, else `$TOKENWARDEN_CONFIG`, else `./tokenwarden.toml`.
@@ -449,6 +455,11 @@ impl Config {
             }
         }
 
+        let default_limits = raw
+            .limits
+            .unwrap_or_default()
+            .apply(RunLimits::default())
+            .map_err(|(span, e)| invalid(span, format!("limits: {e}")))?;
         let mut jobs: Vec<JobConfig> = Vec::new();
         for job in raw.jobs {
             let job_span = job.span();
@@ -514,6 +525,12 @@ impl Config {
                     .map_err(|e| invalid(t.span(), ctx("timeout", e.to_string())))?,
                 None => DEFAULT_RUN_TIMEOUT,
             };
+            let limits = match &j.limits {
+                Some(l) => l
+                    .apply(default_limits)
+                    .map_err(|(span, e)| invalid(span, format!("job `{name}`: limits: {e}")))?,
+                None => default_limits,
+            };
             jobs.push(JobConfig {
                 name,
                 scope: j.scope,
@@ -526,6 +543,7 @@ impl Config {
                 secrets: j.secrets.into_inner(),
                 token_params: j.token_params,
                 timeout,
+                limits,
             });
         }
 
@@ -667,5 +685,67 @@ access_token = "token"
         let text = format!("{GOOD}\n{}", &GOOD[GOOD.find("[[jobs]]").unwrap()..]);
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("used twice"), "{err}");
+    }
+
+    #[test]
+    fn limits_have_defaults_global_overrides_and_job_overrides() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.jobs[0].limits, RunLimits::default());
+
+        let text = GOOD.replace(
+            "[[jobs]]",
+            "[limits]\nmax_memory = \"16 MiB\"\nconnect_timeout = \"2s\"\n\n[[jobs]]",
+        ) + "[jobs.limits]\nmax_memory = 8388608\nmax_response_body = \"64 KiB\"\n";
+        let l = parse(&text).unwrap().jobs[0].limits;
+        assert_eq!(l.max_memory, 8 << 20, "the job's value wins");
+        assert_eq!(
+            l.http.connect_timeout,
+            Duration::from_secs(2),
+            "global default"
+        );
+        assert_eq!(l.http.max_response_body, 64 * 1024);
+        assert_eq!(l.max_resources, RunLimits::default().max_resources);
+
+        for (bad, needle) in [
+            ("max_memory = \"lots\"", "max_memory"),
+            ("max_memory = 0", "max_memory"),
+            ("connect_timeout = \"0s\"", "connect_timeout"),
+            ("max_resources = -1", "max_resources"),
+            ("max_stack = 1", "max_stack"),
+        ] {
+            let text = format!("{GOOD}[jobs.limits]\n{bad}\n");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains(needle) && err.contains("line 15"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the text, parsing returns a value or a typed error; it never panics.
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+            let _ = parse(&text);
+        }
+
+        /// Mutations of a valid file: still never a panic, and an error names the file.
+        #[test]
+        fn mutated_config_errors_name_the_file(at in 0usize..GOOD.len(), insert in "[\\[\\]=\"a-z0-9 \\n.#*]{0,8}") {
+            let mut text = GOOD.to_string();
+            let at = (0..=at).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+            text.insert_str(at, &insert);
+            if let Err(e) = parse(&text) {
+                proptest::prop_assert!(e.to_string().contains("/etc/tw/tokenwarden.toml"), "{e}");
+            }
+        }
+
+        /// Origins: parsing and printing round-trip, and an origin matches itself.
+        #[test]
+        fn origins_round_trip(scheme in "https?", host in "[a-z][a-z0-9-]{0,20}(\\.[a-z]{2,6}){0,2}", port in 1u16..) {
+            let text = format!("{scheme}://{host}:{port}");
+            let o = Origin::parse(&text).unwrap();
+            proptest::prop_assert_eq!(Origin::parse(&o.to_string()).unwrap(), o);
+        }
     }
 }

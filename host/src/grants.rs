@@ -60,6 +60,8 @@ pub struct SecretsCtx {
     store: Arc<dyn SecretStore>,
     /// The roles the plugin wrote during this run, with the expiry it gave.
     pub written: Vec<(&'static str, Option<u64>)>,
+    /// Every value the plugin read or wrote, to scrub from anything it prints.
+    seen: Vec<SecretString>,
 }
 
 impl SecretsCtx {
@@ -69,18 +71,37 @@ impl SecretsCtx {
             grants,
             store,
             written: Vec::new(),
+            seen: Vec::new(),
         }
+    }
+
+    /// `text` with every secret value of this run replaced by `[redacted]`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for v in &self.seen {
+            let v = v.expose_secret();
+            if v.len() >= 4 && out.contains(v) {
+                out = out.replace(v, "[redacted]");
+            }
+        }
+        out
     }
 }
 
 impl secrets::Host for SecretsCtx {
     fn get(&mut self, role: String) -> Result<Option<String>, secrets::Error> {
         let Some(grant) = self.grants.find(&role) else {
-            tracing::warn!(%role, "plugin asked for a secret role its job does not bind");
+            // The role name is the plugin's text: scrub it like its output.
+            tracing::warn!(role = %self.redact(&role), "plugin asked for a secret role its job does not bind");
             return Err(secrets::Error::AccessDenied(role));
         };
+        tracing::debug!(role = grant.role, name = %grant.name, "plugin reads a secret");
         match self.store.get(&grant.name) {
-            Ok(found) => Ok(found.map(|s| s.value.expose_secret().to_string())),
+            Ok(found) => Ok(found.map(|s| {
+                let value = s.value.expose_secret().to_string();
+                self.seen.push(s.value);
+                value
+            })),
             Err(e) => Err(secrets::Error::Unavailable(e.to_string())),
         }
     }
@@ -94,11 +115,12 @@ impl secrets::Host for SecretsCtx {
         let grant = match self.grants.find(&role) {
             Some(g) if g.writable => g,
             _ => {
-                tracing::warn!(%role, "plugin tried to write a secret role it may not write");
+                tracing::warn!(role = %self.redact(&role), "plugin tried to write a secret role it may not write");
                 return Err(secrets::Error::AccessDenied(role));
             }
         };
         let value = SecretString::from(value);
+        self.seen.push(value.clone());
         self.store
             .set(&grant.name, &value, expires_at)
             .map_err(|e| secrets::Error::Unavailable(e.to_string()))?;

@@ -18,6 +18,7 @@ pub mod demo;
 pub mod egress;
 pub mod emulator;
 pub mod grants;
+pub mod limits;
 pub mod metrics;
 pub mod outcome;
 pub mod runtime;
@@ -25,6 +26,7 @@ pub mod schedule;
 pub mod store;
 
 pub use config::{Config, JobConfig};
+pub use limits::RunLimits;
 pub use outcome::{Outcome, PluginError, RunError};
 pub use runtime::{RunReport, Runtime, RuntimeOptions};
 pub use store::{SecretStore, sqlite::SqliteStore};

@@ -117,6 +117,32 @@ pub enum RunError {
     Config(String),
 }
 
+impl PluginError {
+    /// The error with `f` applied to every text the plugin supplied: the host scrubs the
+    /// run's secret values from them before they reach a log, an API body or a terminal.
+    pub fn map_text(self, f: impl Fn(String) -> String) -> Self {
+        use PluginError as P;
+        match self {
+            P::MissingSecret(t) => P::MissingSecret(f(t)),
+            P::AccessDenied(t) => P::AccessDenied(f(t)),
+            P::SecretStore(t) => P::SecretStore(f(t)),
+            P::EgressDenied(t) => P::EgressDenied(f(t)),
+            P::Transport(t) => P::Transport(f(t)),
+            P::InvalidResponse(t) => P::InvalidResponse(f(t)),
+            P::BadRequest(t) => P::BadRequest(f(t)),
+            P::Rejected(mut e) => {
+                let opt = |t: Option<String>| t.map(&f);
+                e.error = f(std::mem::take(&mut e.error));
+                e.description = opt(e.description.take());
+                e.trace_id = opt(e.trace_id.take());
+                e.correlation_id = opt(e.correlation_id.take());
+                P::Rejected(e)
+            }
+            other @ (P::Throttled(_) | P::ServerError(_)) => other,
+        }
+    }
+}
+
 /// How the scheduler should react to a failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]

@@ -8,7 +8,7 @@
 
 use crate::bindings::{Refresher, RefresherPre, action};
 use crate::config::{ClientAuth, JobConfig};
-use crate::egress::{EgressPolicy, HttpLimits};
+use crate::egress::EgressPolicy;
 use crate::grants::{Grants, SecretsCtx};
 use crate::outcome::{OAuthError, Outcome, PluginError, RunError};
 use crate::store::SecretStore;
@@ -27,26 +27,9 @@ pub static BUILTIN_COMPONENT: &[u8] = include_bytes!(env!("TOKENWARDEN_PLUGIN_WA
 /// How often the epoch advances; deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Limits applied to every run.
-#[derive(Clone, Debug)]
-pub struct RuntimeOptions {
-    /// Linear memory a plugin may grow to, in bytes.
-    pub max_memory: usize,
-    /// Table elements a plugin may have.
-    pub max_table_elements: usize,
-    /// HTTP timeouts enforced whatever the plugin asks.
-    pub http: HttpLimits,
-}
-
-impl Default for RuntimeOptions {
-    fn default() -> Self {
-        Self {
-            max_memory: 64 << 20,
-            max_table_elements: 20_000,
-            http: HttpLimits::default(),
-        }
-    }
-}
+/// Engine-wide settings. Per-run limits are per job: [`crate::limits::RunLimits`].
+#[derive(Clone, Debug, Default)]
+pub struct RuntimeOptions {}
 
 /// What a run reports besides the plugin's outcome.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -67,6 +50,82 @@ mod millis {
     ) -> Result<S::Ok, S::Error> {
         s.serialize_u128(d.as_millis())
     }
+}
+
+/// A guest's stdout or stderr: kept up to a cap for the log, the rest dropped (not an
+/// error, so a chatty plugin does not trap).
+#[derive(Clone)]
+struct CappedPipe {
+    buf: Arc<Mutex<Vec<u8>>>,
+    cap: usize,
+    dropped: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CappedPipe {
+    fn new(cap: usize) -> Self {
+        Self {
+            buf: Arc::default(),
+            cap,
+            dropped: Arc::default(),
+        }
+    }
+
+    fn take(&self) -> (Vec<u8>, usize) {
+        let buf = std::mem::take(&mut *self.buf.lock().unwrap_or_else(|p| p.into_inner()));
+        (buf, self.dropped.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for CappedPipe {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for CappedPipe {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl tokio::io::AsyncWrite for CappedPipe {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let mut buf = self.buf.lock().unwrap_or_else(|p| p.into_inner());
+        let room = self.cap.saturating_sub(buf.len());
+        let kept = room.min(data.len());
+        buf.extend_from_slice(&data[..kept]);
+        self.dropped
+            .fetch_add(data.len() - kept, std::sync::atomic::Ordering::Relaxed);
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Logs what a plugin printed, with every secret value it saw replaced.
+fn log_output(job: &str, stream: &str, pipe: &CappedPipe, secrets: &SecretsCtx) {
+    let (bytes, dropped) = pipe.take();
+    if bytes.is_empty() && dropped == 0 {
+        return;
+    }
+    let text = secrets.redact(&String::from_utf8_lossy(&bytes));
+    tracing::info!(job, stream, dropped_bytes = dropped, output = %text.trim_end(), "plugin output");
 }
 
 /// The per-run Store data.
@@ -201,21 +260,29 @@ impl Runtime {
         store: Arc<dyn SecretStore>,
     ) -> Result<RunReport, RunError> {
         let started = Instant::now();
+        tracing::debug!(job = %job.name, plugin = ?job.plugin, "run starting");
         let pre = self.pre_for(job.plugin.as_deref())?;
         let allowed = job.effective_allow_list().map_err(RunError::Config)?;
+        let stdout = CappedPipe::new(job.limits.max_output_bytes);
+        let stderr = CappedPipe::new(job.limits.max_output_bytes);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(job.limits.max_resources);
         let state = RunState {
+            // Nothing but what the job grants: no files, environment, arguments or sockets.
             wasi: WasiCtx::builder()
                 .allow_tcp(false)
                 .allow_udp(false)
                 .allow_ip_name_lookup(false)
+                .stdout(stdout.clone())
+                .stderr(stderr.clone())
                 .build(),
             http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
-            egress: EgressPolicy::new(allowed, self.options.http),
+            table,
+            egress: EgressPolicy::new(allowed, job.limits.http),
             secrets: SecretsCtx::new(Grants::from_roles(&job.secrets), store),
             limits: StoreLimitsBuilder::new()
-                .memory_size(self.options.max_memory)
-                .table_elements(self.options.max_table_elements)
+                .memory_size(job.limits.max_memory)
+                .table_elements(job.limits.max_table_elements)
                 .instances(16)
                 .build(),
         };
@@ -250,24 +317,34 @@ impl Runtime {
                 .await
                 .map_err(|trap| RunError::Trap(format!("{trap:#}")))
         };
-        let result = match tokio::time::timeout(job.timeout, call).await {
+        let result = tokio::time::timeout(job.timeout, call).await;
+        let data = store.data();
+        log_output(&job.name, "stdout", &stdout, &data.secrets);
+        log_output(&job.name, "stderr", &stderr, &data.secrets);
+        for origin in &data.egress.denied {
+            // The URL came from the plugin: scrub it like its output.
+            tracing::warn!(job = %job.name, origin = %data.secrets.redact(origin), "egress denied: origin not in the job's allow-list");
+        }
+        // Every text below came from the plugin; none may carry a secret it read.
+        let scrub = |t: String| data.secrets.redact(&t);
+        let result = match result {
             Ok(r) => r?,
             Err(_) => return Err(RunError::Timeout(job.timeout)),
         };
         match result {
             Ok(o) => Ok(RunReport {
                 outcome: Outcome {
-                    token_type: o.token_type,
+                    token_type: scrub(o.token_type),
                     expires_in: o.expires_in,
                     expires_at: o.expires_at,
                     ext_expires_in: o.ext_expires_in,
                     refresh_in: o.refresh_in,
-                    scope: o.scope,
+                    scope: o.scope.map(scrub),
                 },
                 token_secret: job.secrets.access_token.clone(),
                 duration: started.elapsed(),
             }),
-            Err(e) => Err(RunError::Plugin(from_wit(e))),
+            Err(e) => Err(RunError::Plugin(from_wit(e).map_text(scrub))),
         }
     }
 }

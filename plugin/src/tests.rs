@@ -390,3 +390,71 @@ fn flow_redacts_echoed_secrets() {
     assert!(!text.contains("the-client-secret"), "{text}");
     assert!(text.contains("[redacted]"), "{text}");
 }
+
+proptest::proptest! {
+    /// Any status and body: a typed result, never a panic, and never the body's token in an
+    /// error (a malformed success reply must not quote what it holds).
+    #[test]
+    fn parse_reply_never_panics_or_quotes_a_token(
+        status in 100u16..600,
+        body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        retry_after in proptest::option::of("\\PC{0,12}"),
+    ) {
+        let _ = parse_reply(&HttpReply { status, retry_after, body }, 1_000);
+    }
+
+    /// A success reply whose other fields are wrong names the field, not the token.
+    #[test]
+    fn a_bad_success_reply_never_quotes_its_token(
+        token in "[A-Za-z0-9._-]{8,64}",
+        expires in "\\PC{0,10}",
+    ) {
+        let body = serde_json::json!({"access_token": token, "expires_in": {"nested": expires}});
+        let reply = HttpReply { status: 200, retry_after: None, body: body.to_string().into_bytes() };
+        match parse_reply(&reply, 0) {
+            Ok(_) => proptest::prop_assert!(false, "an object is not a number of seconds"),
+            Err(e) => {
+                let text = format!("{e:?}");
+                proptest::prop_assert!(!text.contains(&token), "the error quoted the token");
+            }
+        }
+    }
+
+    /// `expires_in` as a number or a numeric string gives the same expiry.
+    #[test]
+    fn expires_in_number_or_string(secs in 0u64..10_000_000, now in 0u64..2_000_000_000) {
+        for value in [serde_json::json!(secs), serde_json::json!(secs.to_string())] {
+            let body = serde_json::json!({"access_token": "t", "expires_in": value});
+            let reply = HttpReply { status: 200, retry_after: None, body: body.to_string().into_bytes() };
+            let token = parse_reply(&reply, now).unwrap();
+            proptest::prop_assert_eq!(token.outcome.expires_at, Some(now + secs));
+        }
+    }
+
+    /// Whatever the credentials hold, the form and the Basic header decode back to them.
+    #[test]
+    fn credentials_round_trip_through_form_and_basic(id in "\\PC{1,40}", secret in "\\PC{1,60}") {
+        let creds = Credentials { client_id: id.clone(), client_secret: secret.clone() };
+        let mut req = Request { token_url: Some("https://idp.example/token".into()), scope: "api".into(), ..entra_request() };
+        let ep = endpoint(&req, None).unwrap();
+        let http = build_request(&req, ep, &creds).unwrap();
+        let f = form(&http.body);
+        proptest::prop_assert_eq!(&f["client_id"], &id);
+        proptest::prop_assert_eq!(&f["client_secret"], &secret);
+        let length = http.headers.iter().find(|(n, _)| n == "content-length").unwrap();
+        proptest::prop_assert_eq!(length.1.clone(), http.body.len().to_string().into_bytes());
+
+        req.client_auth = ClientAuth::Basic;
+        let ep = endpoint(&req, None).unwrap();
+        let http = build_request(&req, ep, &creds).unwrap();
+        let auth = http.headers.iter().find(|(n, _)| n == "authorization").unwrap();
+        let b64 = std::str::from_utf8(&auth.1).unwrap().strip_prefix("Basic ").unwrap();
+        let decoded = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap();
+        let decoded = String::from_utf8(decoded).unwrap();
+        let (u, p) = decoded.split_once(':').unwrap();
+        let unescape = |s: &str| form_urlencoded::parse(format!("x={s}").as_bytes()).next().unwrap().1.into_owned();
+        proptest::prop_assert_eq!(unescape(u), id);
+        proptest::prop_assert_eq!(unescape(p), secret);
+        proptest::prop_assert!(!form(&http.body).contains_key("client_secret"));
+    }
+}

