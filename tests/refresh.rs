@@ -398,3 +398,29 @@ async fn misbehaving_guests_fail_their_run_and_the_host_carries_on() {
     let emu = start_emulator().await;
     run(&entra_job(&emu.authority()), &f).await.unwrap();
 }
+
+#[tokio::test]
+async fn connections_are_reused_across_runs_but_not_across_policies() {
+    let reply = r#"{"access_token":"tok-1","token_type":"Bearer","expires_in":3600}"#;
+    let server = ScriptedServer::start(vec![Scripted::json(200, reply)]).await;
+    let f = Fixture::new();
+    let job = url_job(&server.url("/token"), "api");
+    for _ in 0..3 {
+        run(&job, &f).await.unwrap();
+    }
+    let peers: Vec<_> = server.received().iter().map(|r| r.peer).collect();
+    assert_eq!(peers.len(), 3);
+    assert!(peers.iter().all(|p| *p == peers[0]), "one kept-alive connection: {peers:?}");
+
+    // A job with another allow-list does not borrow that connection.
+    let mut other = job.clone();
+    other.allowed_hosts = vec![
+        tokenwarden::egress::Origin::parse(&format!("http://{}", server.addr)).unwrap(),
+        tokenwarden::egress::Origin::parse("https://example.com").unwrap(),
+    ];
+    run(&other, &f).await.unwrap();
+    let last = server.received().last().unwrap().peer;
+    assert_ne!(last, peers[0], "a new connection for another policy");
+
+    assert_eq!(f.get(ACCESS_TOKEN).as_deref(), Some("tok-1"));
+}

@@ -14,16 +14,44 @@ fuzz_target!(|data: &[u8]| {
     let split = (data[2] as usize).min(data.len() - 3);
     let retry_after = (split > 0).then(|| String::from_utf8_lossy(&data[3..3 + split]).into_owned());
     let body = data[3 + split..].to_vec();
-    let token = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v.get("access_token")?.as_str().map(str::to_owned))
-        .filter(|t| t.len() >= 4);
-    match parse_reply(&HttpReply { status, retry_after, body }, 1_700_000_000) {
+    let parse = |body: Vec<u8>| {
+        parse_reply(
+            &HttpReply {
+                status,
+                retry_after: retry_after.clone(),
+                body,
+            },
+            1_700_000_000,
+        )
+    };
+    match parse(body.clone()) {
         Ok(t) => assert!(!t.access_token.trim().is_empty()),
         Err(e) => {
-            if let Some(token) = token {
-                assert!(!format!("{e:?}").contains(&token), "an error quoted the token");
+            // A leak is error text that follows the token: the same reply with another token
+            // of the same length must give an error without it. (A token that merely equals
+            // part of the error's own words, such as "rverError(53", is no leak.)
+            let Some((token, quoted)) = plain_token(&body) else {
+                return;
+            };
+            let text = format!("{e:?}");
+            if text.contains(&token) {
+                let other = format!("\"{}\"", "Q".repeat(token.len()));
+                let body2 = String::from_utf8_lossy(&body).replacen(&quoted, &other, 1);
+                let text2 = format!("{:?}", parse(body2.into_bytes()).err());
+                assert!(text2.contains(&token), "an error quoted the token: {text}");
             }
         }
     }
 });
+
+/// The `access_token` string when it appears verbatim (unescaped) in the body.
+fn plain_token(body: &[u8]) -> Option<(String, String)> {
+    let token = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()?
+        .get("access_token")?
+        .as_str()?
+        .to_owned();
+    let quoted = serde_json::to_string(&token).ok()?;
+    let text = std::str::from_utf8(body).ok()?;
+    (token.len() >= 4 && text.contains(&quoted) && !token.contains('Q')).then_some((token, quoted))
+}

@@ -8,7 +8,8 @@
 
 use crate::bindings::{Refresher, RefresherPre, action};
 use crate::config::{ClientAuth, JobConfig};
-use crate::egress::EgressPolicy;
+use crate::egress::send::NetTransport;
+use crate::egress::{EgressPolicy, Transport};
 use crate::grants::{Grants, SecretsCtx};
 use crate::outcome::{OAuthError, Outcome, PluginError, RunError};
 use crate::store::SecretStore;
@@ -28,8 +29,20 @@ pub static BUILTIN_COMPONENT: &[u8] = include_bytes!(env!("TOKENWARDEN_PLUGIN_WA
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Engine-wide settings. Per-run limits are per job: [`crate::limits::RunLimits`].
-#[derive(Clone, Debug, Default)]
-pub struct RuntimeOptions {}
+#[derive(Clone, Default)]
+pub struct RuntimeOptions {
+    /// How admitted plugin requests are sent; default [`NetTransport`] (vetted, bounded,
+    /// keep-alive).
+    pub transport: Option<Arc<dyn Transport>>,
+}
+
+impl std::fmt::Debug for RuntimeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeOptions")
+            .field("custom_transport", &self.transport.is_some())
+            .finish()
+    }
+}
 
 /// What a run reports besides the plugin's outcome.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -163,6 +176,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<RunState>,
     options: RuntimeOptions,
+    transport: Arc<dyn Transport>,
     builtin: OnceLock<RefresherPre<RunState>>,
     custom: Mutex<HashMap<PathBuf, RefresherPre<RunState>>>,
 }
@@ -209,6 +223,10 @@ impl Runtime {
         Ok(Self {
             engine,
             linker,
+            transport: options
+                .transport
+                .clone()
+                .unwrap_or_else(|| Arc::new(NetTransport::default())),
             options,
             builtin: OnceLock::new(),
             custom: Mutex::new(HashMap::new()),
@@ -278,7 +296,7 @@ impl Runtime {
                 .build(),
             http: WasiHttpCtx::new(),
             table,
-            egress: EgressPolicy::new(allowed, job.limits.http),
+            egress: EgressPolicy::new(allowed, job.limits.http, self.transport.clone()),
             secrets: SecretsCtx::new(Grants::from_roles(&job.secrets), store),
             limits: StoreLimitsBuilder::new()
                 .memory_size(job.limits.max_memory)

@@ -113,6 +113,8 @@ pub async fn start_emulator_with(config: EmulatorConfig) -> Emulator {
 /// A request the scripted server received.
 #[derive(Clone, Debug)]
 pub struct Received {
+    /// The client's address: the same one for requests on one kept-alive connection.
+    pub peer: std::net::SocketAddr,
     pub path: String,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
@@ -175,6 +177,7 @@ impl ScriptedServer {
             .fallback(answer)
             .with_state(state.clone());
         let task = tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             axum::serve(listener, app).await.unwrap();
         });
         Self { addr, state, task }
@@ -197,11 +200,13 @@ impl Drop for ScriptedServer {
 
 async fn answer(
     State(state): State<ScriptState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     state.received.lock().unwrap().push(Received {
+        peer,
         path: uri.path().to_string(),
         headers,
         body: body.to_vec(),

@@ -149,20 +149,48 @@ impl HttpLimits {
     }
 }
 
+/// A response head and the future wasi:http awaits for the request body's completion.
+pub type Sent = (
+    http::Response<WasiBody>,
+    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+);
+
+/// What a [`Transport`] returns.
+pub type SendFuture =
+    std::pin::Pin<Box<dyn Future<Output = wasmtime_wasi_http::Result<Sent>> + Send>>;
+
+/// Sends the requests the allow-list admitted. The default is [`send::NetTransport`]
+/// (connect-time address vetting, limits, keep-alive); an embedder may supply another one
+/// (a proxy, or an in-process responder for benchmarks) through
+/// [`crate::RuntimeOptions::transport`], and then owns those guarantees.
+pub trait Transport: Send + Sync + 'static {
+    /// Sends `request` (already admitted by the allow-list `allowed`) under `limits`, with
+    /// `options` the guest's timeouts clamped to the host's.
+    fn send(
+        &self,
+        request: http::Request<WasiBody>,
+        options: RequestOptions,
+        allowed: Arc<Vec<Origin>>,
+        limits: HttpLimits,
+    ) -> SendFuture;
+}
+
 /// The per-run wasi:http hooks: the allow-list and the limits.
 pub struct EgressPolicy {
     allowed: Arc<Vec<Origin>>,
     limits: HttpLimits,
+    transport: Arc<dyn Transport>,
     /// Origins refused during this run, for the run report.
     pub denied: Vec<String>,
 }
 
 impl EgressPolicy {
-    /// A policy allowing exactly `allowed`.
-    pub fn new(allowed: Vec<Origin>, limits: HttpLimits) -> Self {
+    /// A policy allowing exactly `allowed`, sending through `transport`.
+    pub fn new(allowed: Vec<Origin>, limits: HttpLimits, transport: Arc<dyn Transport>) -> Self {
         Self {
             allowed: Arc::new(allowed),
             limits,
+            transport,
             denied: Vec::new(),
         }
     }
@@ -190,10 +218,7 @@ impl EgressPolicy {
     }
 }
 
-type SendResult = wasmtime_wasi_http::Result<(
-    http::Response<WasiBody>,
-    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-)>;
+type SendResult = wasmtime_wasi_http::Result<Sent>;
 
 impl WasiHttpHooks for EgressPolicy {
     fn send_request(
@@ -217,12 +242,10 @@ impl WasiHttpHooks for EgressPolicy {
         // The allow-list entry, not the URL: the entry is the operator's text.
         tracing::debug!(allowed = %entry, method = %request.method(), "plugin request admitted");
         let options = self.limits.clamp(options);
-        Box::new(send::send(
-            request,
-            options,
-            self.allowed.clone(),
-            self.limits,
-        ))
+        Box::new(
+            self.transport
+                .send(request, options, self.allowed.clone(), self.limits),
+        )
     }
 }
 
@@ -272,6 +295,7 @@ mod tests {
         let p = EgressPolicy::new(
             vec![Origin::parse("http://127.0.0.1:8080").unwrap()],
             HttpLimits::default(),
+            Arc::new(send::NetTransport::default()),
         );
         assert!(p.allows(&"http://127.0.0.1:8080/t".parse().unwrap()));
         assert!(!p.allows(&"http://127.0.0.1:8081/t".parse().unwrap()));

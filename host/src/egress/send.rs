@@ -7,8 +7,17 @@
 //! vetted address itself, so DNS cannot change between check and connect. Timeouts, the
 //! response header count and size, and the response body size are bounded by the host,
 //! whatever the guest asks. Redirects are never followed: the reply goes back as it came.
+//!
+//! Connections are kept alive and reused for the next request to the same origin under the
+//! same policy (allow-list and header limits), so a daemon refreshing many jobs against one
+//! identity provider pays for TCP and TLS set-up once, not once per run. A connection goes
+//! back to the pool only after its response body was read to the end.
 
-use super::{HttpLimits, Origin};
+use super::{HttpLimits, Origin, SendFuture, Sent, Transport};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+use std::time::Instant;
 use bytes::Bytes;
 use http_body::{Body, Frame};
 use std::net::{IpAddr, SocketAddr};
@@ -149,13 +158,39 @@ async fn connect(
     Err(last)
 }
 
-/// The response body, bounded in size and in time between frames.
+/// The response body, bounded in size and in time between frames. Read to its end, it gives
+/// its connection back to the pool.
 struct GuardedBody {
     incoming: hyper::body::Incoming,
     idle: Duration,
     timer: Pin<Box<tokio::time::Sleep>>,
     remaining: u64,
     limit: u64,
+    release: Option<Release>,
+}
+
+/// A connection waiting for its response body to end before it can be reused.
+struct Release {
+    pool: Arc<Pool>,
+    key: PoolKey,
+    sender: Sender,
+}
+
+impl GuardedBody {
+    fn release_if_done(&mut self) {
+        if self.incoming.is_end_stream()
+            && let Some(r) = self.release.take()
+        {
+            r.pool.put(r.key, r.sender);
+        }
+    }
+}
+
+impl Drop for GuardedBody {
+    fn drop(&mut self) {
+        // A body dropped half-read leaves its connection unusable: it is closed with `sender`.
+        self.release_if_done();
+    }
 }
 
 impl Body for GuardedBody {
@@ -168,7 +203,10 @@ impl Body for GuardedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let this = &mut *self;
         match Pin::new(&mut this.incoming).poll_frame(cx) {
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.release_if_done();
+                Poll::Ready(None)
+            }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Error::from(e)))),
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -196,17 +234,124 @@ impl Body for GuardedBody {
     }
 }
 
-type Sent = (
-    http::Response<WasiBody>,
-    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-);
+type Sender = hyper::client::conn::http1::SendRequest<WasiBody>;
+
+/// Connections are shared only between requests to the same origin under the same policy: a
+/// connection vetted under one allow-list must not serve a job with a stricter one.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    https: bool,
+    host: String,
+    port: u16,
+    policy: u64,
+}
+
+impl PoolKey {
+    fn new(https: bool, host: &str, port: u16, allowed: &[Origin], limits: &HttpLimits) -> Self {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        allowed.hash(&mut h);
+        limits.max_response_headers.hash(&mut h);
+        limits.max_response_header_bytes.hash(&mut h);
+        Self {
+            https,
+            host: host.to_string(),
+            port,
+            policy: h.finish(),
+        }
+    }
+}
+
+/// Idle keep-alive connections.
+struct Pool {
+    idle: Mutex<HashMap<PoolKey, Vec<(Sender, Instant)>>>,
+    max_idle_per_key: usize,
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    fn pop(&self, key: &PoolKey) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(key)?;
+        while let Some((sender, since)) = list.pop() {
+            if since.elapsed() < self.idle_timeout && !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// An idle connection ready for a request, if there is one.
+    async fn take(&self, key: &PoolKey) -> Option<Sender> {
+        while let Some(mut sender) = self.pop(key) {
+            // Just released, its connection task may not have caught up yet.
+            let ready = sender.is_ready()
+                || tokio::time::timeout(Duration::from_millis(20), sender.ready())
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+            if ready {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn put(&self, key: PoolKey, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(key).or_default();
+        list.retain(|(s, since)| !s.is_closed() && since.elapsed() < self.idle_timeout);
+        if list.len() < self.max_idle_per_key {
+            list.push((sender, Instant::now()));
+        }
+    }
+}
+
+/// The default [`Transport`]: vetted connections, host limits, keep-alive.
+pub struct NetTransport {
+    pool: Arc<Pool>,
+}
+
+impl Default for NetTransport {
+    fn default() -> Self {
+        Self::new(8, Duration::from_secs(30))
+    }
+}
+
+impl NetTransport {
+    /// Keeps up to `max_idle_per_origin` idle connections per origin and policy, each for at
+    /// most `idle_timeout` (below the usual server-side keep-alive timeouts).
+    pub fn new(max_idle_per_origin: usize, idle_timeout: Duration) -> Self {
+        Self {
+            pool: Arc::new(Pool {
+                idle: Mutex::default(),
+                max_idle_per_key: max_idle_per_origin,
+                idle_timeout,
+            }),
+        }
+    }
+}
+
+impl Transport for NetTransport {
+    fn send(
+        &self,
+        request: http::Request<WasiBody>,
+        options: RequestOptions,
+        allowed: Arc<Vec<Origin>>,
+        limits: HttpLimits,
+    ) -> SendFuture {
+        Box::pin(send(request, options, allowed, limits, self.pool.clone()))
+    }
+}
 
 /// Sends an allowed request under the host's limits.
-pub async fn send(
+async fn send(
     mut request: http::Request<WasiBody>,
     options: RequestOptions,
     allowed: Arc<Vec<Origin>>,
     limits: HttpLimits,
+    pool: Arc<Pool>,
 ) -> Result<Sent, Error> {
     let uri = request.uri().clone();
     let https = uri.scheme_str() == Some("https");
@@ -226,18 +371,25 @@ pub async fn send(
         .between_bytes_timeout
         .unwrap_or(limits.between_bytes_timeout);
 
-    let addrs = vetted_addresses(scheme, &host, port, &allowed, connect_timeout).await?;
-    let stream = connect(&addrs, https, &host, connect_timeout).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-        .max_headers(limits.max_response_headers)
-        .max_buf_size(limits.max_response_header_bytes.max(8192))
-        .handshake::<_, WasiBody>(TokioIo::new(stream))
-        .await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "token endpoint connection ended with an error");
+    let key = PoolKey::new(https, &host, port, &allowed, &limits);
+    let mut sender = match pool.take(&key).await {
+        Some(sender) => sender,
+        None => {
+            let addrs = vetted_addresses(scheme, &host, port, &allowed, connect_timeout).await?;
+            let stream = connect(&addrs, https, &host, connect_timeout).await?;
+            let (sender, conn) = hyper::client::conn::http1::Builder::new()
+                .max_headers(limits.max_response_headers)
+                .max_buf_size(limits.max_response_header_bytes.max(8192))
+                .handshake::<_, WasiBody>(TokioIo::new(stream))
+                .await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "token endpoint connection ended with an error");
+                }
+            });
+            sender
         }
-    });
+    };
 
     // Origin-form on the wire; the Host header carries the authority.
     *request.uri_mut() = http::Uri::builder()
@@ -248,6 +400,11 @@ pub async fn send(
     let response = tokio::time::timeout(first_byte, sender.send_request(request))
         .await
         .map_err(|_| Error::ConnectionReadTimeout)??;
+    let release = Some(Release {
+        pool,
+        key,
+        sender,
+    });
     let declared = response
         .headers()
         .get(http::header::CONTENT_LENGTH)
@@ -273,6 +430,7 @@ pub async fn send(
             timer: Box::pin(tokio::time::sleep(idle)),
             remaining: limits.max_response_body,
             limit: limits.max_response_body,
+            release,
         }
         .boxed_unsync()
     });

@@ -1,10 +1,11 @@
 //! Secret storage: the trait the runtime and CLI use, and its backends.
 //!
 //! Values are held in [`SecretString`] on the host, so they are zeroed on drop and never
-//! printed by `Debug`. Backends: [`sqlite`] (the embedded default). A shared database for
+//! printed by `Debug`. Backends: [`sqlite`] (the embedded default) and [`memory`]. A shared database for
 //! several hosts can implement [`SecretStore`] without touching the rest.
 
 pub mod crypto;
+pub mod memory;
 pub mod sqlite;
 
 use secrecy::SecretString;

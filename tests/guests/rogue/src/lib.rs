@@ -3,9 +3,10 @@
 //! `get:ROLE` reads a secret role, `set:ROLE` writes one, `loop` spins forever,
 //! `grab-memory` allocates until it cannot, `trap` panics, `ok` succeeds without storing,
 //! `http:URL` GETs a URL, `http-zero-timeout:URL` / `http-huge-timeout:URL` with extreme
-//! request options, `header-flood:URL` with 10,000 headers, `handle-flood` creates host
-//! resources without end, `huge-secret` writes a 10 MB token, `leak` prints the client
-//! secret and 100 KB more to stdout and stderr.
+//! request options, `header-flood:URL` with 10,000 headers, `header:NAME=VALUE:URL` with one
+//! header, `handle-flood` creates host resources without end, `huge-secret` writes a 10 MB
+//! token, `leak` prints the client secret and 100 KB more to stdout and stderr, `leak-error`
+//! and `leak-outcome` put it in a host name, an error and the outcome.
 
 #![allow(missing_docs, unsafe_code)]
 
@@ -65,16 +66,17 @@ fn http_error(code: ErrorCode) -> action::Error {
     }
 }
 
-fn http_get(url: &str, timeouts: Timeouts, headers: usize) -> Result<u16, action::Error> {
+fn http_get(
+    url: &str,
+    timeouts: Timeouts,
+    entries: Vec<(String, Vec<u8>)>,
+) -> Result<u16, action::Error> {
     let bad = |m: &str| action::Error::BadRequest(m.to_string());
     let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("url"))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
         None => (rest, "/"),
     };
-    let entries: Vec<(String, Vec<u8>)> = (0..headers)
-        .map(|i| (format!("x-flood-{i}"), vec![b'v'; 64]))
-        .collect();
     let fields = Fields::from_list(&entries).map_err(|e| bad(&format!("fields: {e:?}")))?;
     let req = OutgoingRequest::new(fields);
     req.set_method(&Method::Get).map_err(|_| bad("method"))?;
@@ -130,16 +132,25 @@ impl Guest for Rogue {
         }
         let http = |url: &str, t, h| http_get(url, t, h).map(|s| outcome(format!("status:{s}")));
         if let Some(url) = url_mode(&scope, "http:") {
-            return http(url, Timeouts::Default, 0);
+            return http(url, Timeouts::Default, vec![]);
         }
         if let Some(url) = url_mode(&scope, "http-zero-timeout:") {
-            return http(url, Timeouts::Zero, 0);
+            return http(url, Timeouts::Zero, vec![]);
         }
         if let Some(url) = url_mode(&scope, "http-huge-timeout:") {
-            return http(url, Timeouts::Huge, 0);
+            return http(url, Timeouts::Huge, vec![]);
         }
         if let Some(url) = url_mode(&scope, "header-flood:") {
-            return http(url, Timeouts::Default, 10_000);
+            let flood = (0..10_000)
+                .map(|i| (format!("x-flood-{i}"), vec![b'v'; 64]))
+                .collect();
+            return http(url, Timeouts::Default, flood);
+        }
+        if let Some(rest) = url_mode(&scope, "header:") {
+            // `header:NAME=VALUE:URL`: one header the plugin should not be able to set.
+            let (header, url) = rest.split_once(':').unwrap_or((rest, ""));
+            let (name, value) = header.split_once('=').unwrap_or((header, ""));
+            return http(url, Timeouts::Default, vec![(name.into(), value.into())]);
         }
         match scope.as_str() {
             "handle-flood" => {
@@ -174,7 +185,7 @@ impl Guest for Rogue {
                 let _ = http_get(
                     &format!("https://{secret}.example.com/"),
                     Timeouts::Default,
-                    0,
+                    vec![],
                 );
                 Err(action::Error::Rejected(action::OauthError {
                     status: 400,

@@ -1,0 +1,283 @@
+//! Sandbox overhead and full-refresh benchmarks, each beside a native Rust baseline doing the
+//! same work in the same run. `cargo bench -p tokenwarden-tests --bench refresh`.
+//!
+//! - `in-process/*`: one refresh with the HTTP exchange answered in process (no network):
+//!   the component (instantiate + call + secret reads and write) versus native Rust building
+//!   the same request with the plugin's own OAuth code, parsing the same reply and storing it.
+//!   Once with the in-memory store (the sandbox alone) and once with the durable store.
+//! - `loopback/*`: one refresh against the emulator on 127.0.0.1, the component in the host
+//!   versus a native hyper client; both keep one connection alive, as the host's transport does.
+//!
+//! After criterion's report, p50/p99 of single iterations are printed (criterion reports
+//! means and medians of batches, not tails).
+
+use bytes::Bytes;
+use criterion::Criterion;
+use http_body_util::{BodyExt, Full};
+use secrecy::{ExposeSecret, SecretString};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokenwarden::egress::{HttpLimits, Origin, SendFuture, Transport};
+use tokenwarden::store::memory::MemoryStore;
+use tokenwarden::{JobConfig, Runtime, RuntimeOptions, SecretStore, SqliteStore, emulator};
+use tokenwarden_plugin::oauth;
+use tokenwarden_tests::{ACCESS_TOKEN, CLIENT_ID, CLIENT_SECRET, TENANT_ID, roles};
+use wasmtime_wasi_http::{RequestOptions, WasiBody};
+
+const REPLY: &str = r#"{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.eyJhdWQiOiJodHRwczovL2dyYXBoLm1pY3Jvc29mdC5jb20iLCJleHAiOjE4MDAwMDAwMDB9.c2lnbmF0dXJl"}"#;
+const TOKEN_URL: &str = "https://idp.bench.invalid/token";
+
+/// Answers every admitted request with [`REPLY`] after reading the request body, in process.
+struct Canned;
+
+impl Transport for Canned {
+    fn send(
+        &self,
+        request: http::Request<WasiBody>,
+        _options: RequestOptions,
+        _allowed: Arc<Vec<Origin>>,
+        _limits: HttpLimits,
+    ) -> SendFuture {
+        Box::pin(async move {
+            let _form = request.into_body().collect().await?.to_bytes();
+            let body = Full::new(Bytes::from_static(REPLY.as_bytes()))
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            let response = http::Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .body(body)
+                .expect("valid response");
+            let done: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> =
+                Box::new(async { Ok(()) });
+            Ok((response, done))
+        })
+    }
+}
+
+fn seed(store: &dyn SecretStore) {
+    let v = |t: &str| SecretString::from(t.to_string());
+    store.set(CLIENT_ID, &v(emulator::DEMO_CLIENT_ID), None).unwrap();
+    store
+        .set(CLIENT_SECRET, &v(emulator::DEMO_CLIENT_SECRET), None)
+        .unwrap();
+    store.set(TENANT_ID, &v(emulator::DEMO_TENANT), None).unwrap();
+}
+
+fn canned_job() -> JobConfig {
+    let mut job = JobConfig::new("bench", "https://graph.microsoft.com/.default", roles());
+    job.token_url = Some(TOKEN_URL.into());
+    job
+}
+
+/// The native equivalent of one refresh: the same secret reads, the plugin's own request
+/// building and reply parsing, and the same store write; `exchange` does the HTTP part.
+async fn native_refresh<F, Fut>(store: &dyn SecretStore, token_url: &str, exchange: F)
+where
+    F: FnOnce(oauth::HttpRequest) -> Fut,
+    Fut: Future<Output = oauth::HttpReply>,
+{
+    let read = |name: &str| {
+        store
+            .get(name)
+            .unwrap()
+            .unwrap()
+            .value
+            .expose_secret()
+            .to_string()
+    };
+    let creds = oauth::Credentials {
+        client_id: read(CLIENT_ID),
+        client_secret: read(CLIENT_SECRET),
+    };
+    let _tenant = read(TENANT_ID);
+    let req = oauth::Request {
+        scope: "https://graph.microsoft.com/.default".into(),
+        authority: None,
+        token_url: Some(token_url.into()),
+        client_auth: oauth::ClientAuth::Post,
+        extra_params: vec![],
+    };
+    let endpoint = oauth::endpoint(&req, None).unwrap();
+    let http = oauth::build_request(&req, endpoint, &creds).unwrap();
+    let reply = exchange(http).await;
+    let token = oauth::parse_reply(&reply, tokenwarden::store::unix_now()).unwrap();
+    store
+        .set(
+            ACCESS_TOKEN,
+            &SecretString::from(token.access_token),
+            token.outcome.expires_at,
+        )
+        .unwrap();
+}
+
+/// A native client with one kept-alive connection, like the host's transport.
+struct NativeClient {
+    addr: std::net::SocketAddr,
+    sender: Mutex<Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>>,
+}
+
+impl NativeClient {
+    async fn post(&self, http: oauth::HttpRequest) -> oauth::HttpReply {
+        let cached = self.sender.lock().unwrap().take();
+        let mut sender = match cached {
+            Some(s) if !s.is_closed() => s,
+            _ => {
+                let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+                tcp.set_nodelay(true).unwrap();
+                let (s, conn) = hyper::client::conn::http1::handshake(
+                    wasmtime_wasi_http::io::TokioIo::new(tcp),
+                )
+                .await
+                .unwrap();
+                tokio::spawn(conn);
+                s
+            }
+        };
+        sender.ready().await.unwrap();
+        let mut req = http::Request::builder()
+            .method("POST")
+            .uri(&http.endpoint.path_and_query)
+            .header("host", self.addr.to_string());
+        for (name, value) in &http.headers {
+            req = req.header(name.as_str(), value.as_slice());
+        }
+        let response = sender
+            .send_request(req.body(Full::new(Bytes::from(http.body))).unwrap())
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        *self.sender.lock().unwrap() = Some(sender);
+        oauth::HttpReply {
+            status,
+            retry_after: None,
+            body: body.to_vec(),
+        }
+    }
+}
+
+/// Single-iteration latencies: (p50, p99) in microseconds.
+fn percentiles(rt: &tokio::runtime::Runtime, n: usize, mut f: impl AsyncFnMut()) -> (f64, f64) {
+    let mut samples = Vec::with_capacity(n);
+    rt.block_on(async {
+        for _ in 0..n / 10 {
+            f().await;
+        }
+        for _ in 0..n {
+            let t = Instant::now();
+            f().await;
+            samples.push(t.elapsed());
+        }
+    });
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    (us(at(0.50)), us(at(0.99)))
+}
+
+fn main() {
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+        .configure_from_args();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    // In process: the sandbox versus native, memory store and durable store.
+    let canned = Runtime::new(RuntimeOptions {
+        transport: Some(Arc::new(Canned)),
+    })
+    .unwrap();
+    let job = canned_job();
+    canned.preload(&job).unwrap();
+    let memory: Arc<dyn SecretStore> = Arc::new(MemoryStore::default());
+    let sqlite: Arc<dyn SecretStore> =
+        Arc::new(SqliteStore::open(&dir.path().join("bench.db")).unwrap());
+    seed(&*memory);
+    seed(&*sqlite);
+    let canned_reply = || async {
+        oauth::HttpReply {
+            status: 200,
+            retry_after: None,
+            body: REPLY.as_bytes().to_vec(),
+        }
+    };
+
+    let mut tails = Vec::new();
+    {
+        let mut g = c.benchmark_group("in-process");
+        for (label, store) in [("memory", &memory), ("sqlite", &sqlite)] {
+            g.bench_function(format!("component/{label}"), |b| {
+                b.to_async(&rt)
+                    .iter(|| async { canned.run(&job, store.clone()).await.unwrap() })
+            });
+            g.bench_function(format!("native/{label}"), |b| {
+                b.to_async(&rt).iter(|| async {
+                    native_refresh(&**store, TOKEN_URL, |_| canned_reply()).await
+                })
+            });
+            let n = if label == "memory" { 20_000 } else { 2_000 };
+            tails.push((
+                format!("in-process component/{label}"),
+                percentiles(&rt, n, async || {
+                    canned.run(&job, store.clone()).await.unwrap();
+                }),
+            ));
+            tails.push((
+                format!("in-process native/{label}"),
+                percentiles(&rt, n, async || {
+                    native_refresh(&**store, TOKEN_URL, |_| canned_reply()).await
+                }),
+            ));
+        }
+        g.finish();
+    }
+
+    // Loopback: the emulator, the component through the host's transport, a native client.
+    let emu = rt.block_on(tokenwarden_tests::start_emulator());
+    let net = Runtime::new(RuntimeOptions::default()).unwrap();
+    let token_url = format!("{}/{}/oauth2/v2.0/token", emu.authority(), emulator::DEMO_TENANT);
+    let mut loop_job = canned_job();
+    loop_job.token_url = Some(token_url.clone());
+    net.preload(&loop_job).unwrap();
+    let native = NativeClient {
+        addr: emu.addr,
+        sender: Mutex::new(None),
+    };
+    {
+        let mut g = c.benchmark_group("loopback");
+        g.bench_function("component/memory", |b| {
+            b.to_async(&rt)
+                .iter(|| async { net.run(&loop_job, memory.clone()).await.unwrap() })
+        });
+        g.bench_function("native/memory", |b| {
+            b.to_async(&rt).iter(|| async {
+                native_refresh(&*memory, &token_url, |http| native.post(http)).await
+            })
+        });
+        g.finish();
+        tails.push((
+            "loopback component/memory".into(),
+            percentiles(&rt, 5_000, async || {
+                net.run(&loop_job, memory.clone()).await.unwrap();
+            }),
+        ));
+        tails.push((
+            "loopback native/memory".into(),
+            percentiles(&rt, 5_000, async || {
+                native_refresh(&*memory, &token_url, |http| native.post(http)).await
+            }),
+        ));
+    }
+
+    c.final_summary();
+    println!("\nsingle-iteration latency (µs)");
+    println!("{:<36} {:>10} {:>10}", "benchmark", "p50", "p99");
+    for (name, (p50, p99)) in &tails {
+        println!("{name:<36} {p50:>10.1} {p99:>10.1}");
+    }
+}
