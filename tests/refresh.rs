@@ -410,7 +410,10 @@ async fn connections_are_reused_across_runs_but_not_across_policies() {
     }
     let peers: Vec<_> = server.received().iter().map(|r| r.peer).collect();
     assert_eq!(peers.len(), 3);
-    assert!(peers.iter().all(|p| *p == peers[0]), "one kept-alive connection: {peers:?}");
+    assert!(
+        peers.iter().all(|p| *p == peers[0]),
+        "one kept-alive connection: {peers:?}"
+    );
 
     // A job with another allow-list does not borrow that connection.
     let mut other = job.clone();

@@ -175,14 +175,27 @@ async fn header_floods_and_host_headers_are_refused() {
     // the guest, before anything is sent.
     let server = ScriptedServer::start(vec![Scripted::json(200, "{}")]).await;
     let origins = [format!("http://{}", server.addr)];
-    for header in ["host=169.254.169.254", "Host=metadata.internal", "transfer-encoding=chunked", "connection=upgrade"] {
+    for header in [
+        "host=169.254.169.254",
+        "Host=metadata.internal",
+        "transfer-encoding=chunked",
+        "connection=upgrade",
+    ] {
         let mode = format!("header:{header}:{}", server.url("/"));
         let e = plugin_error(run_on(runtime(), &rogue(&mode, &origins), &Fixture::new()).await);
-        assert!(matches!(e, PluginError::BadRequest(ref m) if m.contains("Forbidden")), "{header}: {e:?}");
+        assert!(
+            matches!(e, PluginError::BadRequest(ref m) if m.contains("Forbidden")),
+            "{header}: {e:?}"
+        );
     }
     assert!(server.received().is_empty(), "nothing was sent");
     // An ordinary header is fine, so the refusals above are about the names.
-    let ok = run_on(runtime(), &rogue(&format!("header:x-trace=1:{}", server.url("/")), &origins), &Fixture::new()).await;
+    let ok = run_on(
+        runtime(),
+        &rogue(&format!("header:x-trace=1:{}", server.url("/")), &origins),
+        &Fixture::new(),
+    )
+    .await;
     assert_eq!(ok.unwrap().outcome.token_type, "status:200");
 
     // A server flooding headers: the host refuses the response.

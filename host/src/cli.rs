@@ -224,6 +224,21 @@ where
     wanted.and(cap)
 }
 
+/// Engine settings for commands that run jobs: compiled components are cached beside the
+/// store (`compiled/`), so only the first start pays for compilation.
+fn runtime_options(config: &Config) -> RuntimeOptions {
+    let dir = config
+        .store
+        .path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("compiled");
+    RuntimeOptions {
+        compile_cache: Some(crate::cache::CompileCache::new(dir)),
+        ..RuntimeOptions::default()
+    }
+}
+
 fn init_logging(format: LogFormat, command: &Command) {
     // Servers log what they do; one-shot commands only trouble; the demo tells its own story.
     let default = match command {
@@ -419,7 +434,7 @@ async fn refresh(config_path: &Path, job_name: &str, as_json: bool) -> anyhow::R
         return Ok(exit::USAGE);
     };
     let store: Arc<dyn SecretStore> = Arc::new(SqliteStore::open(&config.store.path)?);
-    let runtime = Runtime::new(RuntimeOptions::default())?;
+    let runtime = Runtime::new(runtime_options(&config))?;
     let result = runtime.run(job, store).await;
     let mut out = std::io::stdout().lock();
     match result {
@@ -512,7 +527,7 @@ async fn daemon(config_path: &Path) -> anyhow::Result<u8> {
         return Ok(exit::USAGE);
     }
     let store: Arc<dyn SecretStore> = Arc::new(SqliteStore::open(&config.store.path)?);
-    let runtime = Arc::new(Runtime::new(RuntimeOptions::default())?);
+    let runtime = Arc::new(Runtime::new(runtime_options(&config))?);
     let started = std::time::Instant::now();
     for job in &config.jobs {
         if let Err(e) = runtime.preload(job) {

@@ -69,6 +69,9 @@ pub struct RunRecord {
     pub duration_ms: u64,
     /// 1 for the first try since the last success, 2 for the first retry, ...
     pub attempt: u32,
+    /// For scheduled runs (not triggers): milliseconds between when it was due and when it
+    /// started, i.e. the wait for a run slot.
+    pub lateness_ms: Option<u64>,
     /// Whether a token was stored.
     pub ok: bool,
     /// The outcome, on success.
@@ -284,7 +287,7 @@ impl Daemon {
             .ok_or_else(|| TriggerError::UnknownJob(job.to_string()))?;
         // Spawned, so that a client hanging up does not cut the run off halfway.
         let inner = self.0.clone();
-        tokio::spawn(async move { inner.run(&slot, Trigger::Manual).await })
+        tokio::spawn(async move { inner.run(&slot, Trigger::Manual, None).await })
             .await
             .map_err(|_| TriggerError::ShuttingDown)
     }
@@ -399,12 +402,12 @@ async fn job_loop(inner: Arc<Inner>, slot: Arc<Slot>) {
             Trigger::Schedule
         };
         // Not inside the select: a stop request lets this run finish.
-        inner.run(&slot, trigger).await;
+        inner.run(&slot, trigger, Some(next)).await;
     }
 }
 
 impl Inner {
-    async fn run(&self, slot: &Slot, trigger: Trigger) -> RunRecord {
+    async fn run(&self, slot: &Slot, trigger: Trigger, due: Option<SystemTime>) -> RunRecord {
         let seen = slot.completed.load(Ordering::Acquire);
         let _one_at_a_time = slot.run_lock.lock().await;
         if slot.completed.load(Ordering::Acquire) != seen
@@ -420,6 +423,11 @@ impl Inner {
             st.consecutive_failures + 1
         };
         let started = SystemTime::now();
+        let lateness = due.map(|due| started.duration_since(due).unwrap_or(Duration::ZERO));
+        if let Some(l) = lateness {
+            self.metrics.lateness(l.as_secs_f64());
+        }
+        let lateness_ms = lateness.map(|l| u64::try_from(l.as_millis()).unwrap_or(u64::MAX));
         let clock = Instant::now();
         let result = self.runtime.run(&slot.config, self.store.clone()).await;
         let elapsed = clock.elapsed();
@@ -457,6 +465,7 @@ impl Inner {
                         started_at_ms: unix_ms(started),
                         duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
                         attempt,
+                        lateness_ms,
                         ok: true,
                         outcome: Some(report.outcome.clone()),
                         error: None,
@@ -479,6 +488,7 @@ impl Inner {
                         started_at_ms: unix_ms(started),
                         duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
                         attempt,
+                        lateness_ms,
                         ok: false,
                         outcome: None,
                         error: Some(ErrorRecord {

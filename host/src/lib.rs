@@ -10,6 +10,7 @@
 
 pub mod admin;
 mod bindings;
+pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod config;

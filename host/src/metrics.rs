@@ -29,6 +29,7 @@ pub struct Metrics {
     expiry: Family<JobLabel, Gauge<i64, AtomicI64>>,
     next_run: Family<JobLabel, Gauge<i64, AtomicI64>>,
     failures: Family<JobLabel, Gauge<i64, AtomicI64>>,
+    lateness: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -75,6 +76,13 @@ impl Default for Metrics {
             "Failed runs since the last success",
             failures.clone(),
         );
+        // Across jobs: with thousands of jobs a per-job histogram would dominate the output.
+        let lateness = Histogram::new(exponential_buckets(0.001, 2.0, 18));
+        registry.register(
+            "run_lateness_seconds",
+            "How long scheduled runs started after they were due (waiting for a run slot)",
+            lateness.clone(),
+        );
         Self {
             registry,
             runs,
@@ -82,6 +90,7 @@ impl Default for Metrics {
             expiry,
             next_run,
             failures,
+            lateness,
         }
     }
 }
@@ -106,6 +115,11 @@ impl Metrics {
             })
             .inc();
         self.duration.get_or_create(&label(job)).observe(seconds);
+    }
+
+    /// Records how late a scheduled run started.
+    pub fn lateness(&self, seconds: f64) {
+        self.lateness.observe(seconds);
     }
 
     /// Sets a job's gauges.

@@ -7,6 +7,7 @@
 //! deadline for CPU loops and a wall-clock timeout for waits. A trap ends that run only.
 
 use crate::bindings::{Refresher, RefresherPre, action};
+use crate::cache::CompileCache;
 use crate::config::{ClientAuth, JobConfig};
 use crate::egress::send::NetTransport;
 use crate::egress::{EgressPolicy, Transport};
@@ -34,12 +35,35 @@ pub struct RuntimeOptions {
     /// How admitted plugin requests are sent; default [`NetTransport`] (vetted, bounded,
     /// keep-alive).
     pub transport: Option<Arc<dyn Transport>>,
+    /// Where compiled components are kept between starts; `None` compiles every start.
+    pub compile_cache: Option<CompileCache>,
+    /// Pre-allocated instance slots; `None` allocates per run (on demand).
+    pub pooling: Option<Pooling>,
 }
+
+/// wasmtime's pooling allocator, sized for the runs in flight: instantiation reuses warm
+/// slots instead of mapping fresh memory every run. More runs at once than `instances`
+/// fail to instantiate, so size it above the daemon's `max_concurrent_runs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pooling {
+    /// Component instances alive at once.
+    pub instances: u32,
+    /// Largest linear memory of any job (its `max_memory`); a slot cannot grow beyond it.
+    pub max_memory: usize,
+    /// Largest table of any job (its `max_table_elements`).
+    pub max_table_elements: usize,
+}
+
+/// Core instances, memories and tables per component instance: the plugin has a handful
+/// (its module plus the adapter shims).
+const PER_COMPONENT: u32 = 8;
 
 impl std::fmt::Debug for RuntimeOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RuntimeOptions")
             .field("custom_transport", &self.transport.is_some())
+            .field("compile_cache", &self.compile_cache)
+            .field("pooling", &self.pooling)
             .finish()
     }
 }
@@ -198,6 +222,25 @@ impl Runtime {
     pub fn new(options: RuntimeOptions) -> Result<Self, RunError> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
+        if let Some(p) = options.pooling {
+            let mut pool = wasmtime::PoolingAllocationConfig::default();
+            let n = p.instances.max(1);
+            pool.total_component_instances(n)
+                .total_core_instances(n * PER_COMPONENT)
+                .total_memories(n * PER_COMPONENT)
+                .total_tables(n * PER_COMPONENT)
+                .total_stacks(n)
+                .max_core_instances_per_component(PER_COMPONENT)
+                .max_memories_per_component(PER_COMPONENT)
+                .max_tables_per_component(PER_COMPONENT)
+                .max_memory_size(p.max_memory)
+                .table_elements(p.max_table_elements)
+                // Keep a little of each slot's memory mapped between runs: the plugin's
+                // working set is small, and re-faulting it is most of instantiation.
+                .linear_memory_keep_resident(1 << 20)
+                .table_keep_resident(64 << 10);
+            config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        }
         let engine = Engine::new(&config).map_err(component_err("engine"))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(component_err("linker"))?;
@@ -234,7 +277,25 @@ impl Runtime {
     }
 
     fn prepare(&self, bytes: &[u8], what: &str) -> Result<RefresherPre<RunState>, RunError> {
-        let component = Component::new(&self.engine, bytes).map_err(component_err(what))?;
+        let started = Instant::now();
+        let (component, how) = match &self.options.compile_cache {
+            Some(cache) => {
+                let (c, outcome) = cache
+                    .load(&self.engine, bytes)
+                    .map_err(component_err(what))?;
+                (c, format!("{outcome:?}").to_lowercase())
+            }
+            None => (
+                Component::new(&self.engine, bytes).map_err(component_err(what))?,
+                "compiled".to_string(),
+            ),
+        };
+        tracing::debug!(
+            component = what,
+            how,
+            ms = started.elapsed().as_millis() as u64,
+            "component ready"
+        );
         let pre = self
             .linker
             .instantiate_pre(&component)

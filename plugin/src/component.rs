@@ -111,16 +111,63 @@ fn transport(code: &ErrorCode, origin: &str) -> oauth::Error {
         ErrorCode::HttpRequestDenied | ErrorCode::DestinationIpProhibited => {
             oauth::Error::EgressDenied(origin.to_string())
         }
-        other => oauth::Error::Transport(format!("{origin}: {other:?}")),
+        other => oauth::Error::Transport(format!("{origin}: {}", code_name(other))),
     }
+}
+
+/// The WIT name of an error code. Hand-written because the derived `Debug` of the whole
+/// enum, payloads included, costs several KB of component size.
+fn code_name(code: &ErrorCode) -> String {
+    use ErrorCode as E;
+    let name = match code {
+        E::DnsTimeout => "DNS-timeout",
+        E::DnsError(p) => return format!("DNS-error {}", p.rcode.as_deref().unwrap_or("")),
+        E::DestinationNotFound => "destination-not-found",
+        E::DestinationUnavailable => "destination-unavailable",
+        E::DestinationIpProhibited => "destination-IP-prohibited",
+        E::DestinationIpUnroutable => "destination-IP-unroutable",
+        E::ConnectionRefused => "connection-refused",
+        E::ConnectionTerminated => "connection-terminated",
+        E::ConnectionTimeout => "connection-timeout",
+        E::ConnectionReadTimeout => "connection-read-timeout",
+        E::ConnectionWriteTimeout => "connection-write-timeout",
+        E::ConnectionLimitReached => "connection-limit-reached",
+        E::TlsProtocolError => "TLS-protocol-error",
+        E::TlsCertificateError => "TLS-certificate-error",
+        E::TlsAlertReceived(_) => "TLS-alert-received",
+        E::HttpRequestDenied => "HTTP-request-denied",
+        E::HttpRequestLengthRequired => "HTTP-request-length-required",
+        E::HttpRequestBodySize(_) => "HTTP-request-body-size",
+        E::HttpRequestMethodInvalid => "HTTP-request-method-invalid",
+        E::HttpRequestUriInvalid => "HTTP-request-URI-invalid",
+        E::HttpRequestUriTooLong => "HTTP-request-URI-too-long",
+        E::HttpRequestHeaderSectionSize(_) => "HTTP-request-header-section-size",
+        E::HttpRequestHeaderSize(_) => "HTTP-request-header-size",
+        E::HttpRequestTrailerSectionSize(_) => "HTTP-request-trailer-section-size",
+        E::HttpRequestTrailerSize(_) => "HTTP-request-trailer-size",
+        E::HttpResponseIncomplete => "HTTP-response-incomplete",
+        E::HttpResponseHeaderSectionSize(_) => "HTTP-response-header-section-size",
+        E::HttpResponseHeaderSize(_) => "HTTP-response-header-size",
+        E::HttpResponseBodySize(_) => "HTTP-response-body-size",
+        E::HttpResponseTrailerSectionSize(_) => "HTTP-response-trailer-section-size",
+        E::HttpResponseTrailerSize(_) => "HTTP-response-trailer-size",
+        E::HttpResponseTransferCoding(_) => "HTTP-response-transfer-coding",
+        E::HttpResponseContentCoding(_) => "HTTP-response-content-coding",
+        E::HttpResponseTimeout => "HTTP-response-timeout",
+        E::HttpUpgradeFailed => "HTTP-upgrade-failed",
+        E::HttpProtocolError => "HTTP-protocol-error",
+        E::LoopDetected => "loop-detected",
+        E::ConfigurationError => "configuration-error",
+        E::InternalError(m) => return format!("internal-error {}", m.as_deref().unwrap_or("")),
+    };
+    name.to_string()
 }
 
 fn send(request: &HttpRequest) -> Result<HttpReply, oauth::Error> {
     let origin = request.endpoint.origin();
     let bad = |what: &str| oauth::Error::BadRequest(format!("{origin}: {what}"));
     let entries: Vec<(String, Vec<u8>)> = request.headers.clone();
-    let headers =
-        Fields::from_list(&entries).map_err(|e| bad(&format!("header refused: {e:?}")))?;
+    let headers = Fields::from_list(&entries).map_err(|_| bad("a header was refused"))?;
     let out = OutgoingRequest::new(headers);
     out.set_method(&Method::Post).map_err(|_| bad("method"))?;
     let scheme = if request.endpoint.https {

@@ -2,8 +2,7 @@
 //! Microsoft identity platform's extras. Transport-agnostic: it builds a request description
 //! and parses status, headers and body, so it is tested natively.
 
-use base64::Engine as _;
-use serde::Deserialize;
+use serde_json::{Map, Value};
 
 /// Entra's public, national and partner cloud login hosts: only these get Entra-only rules.
 const ENTRA_HOSTS: &[&str] = &[
@@ -334,10 +333,34 @@ pub fn build_request(
 pub fn basic_auth(creds: &Credentials) -> String {
     let user: String = form_urlencoded::byte_serialize(creds.client_id.as_bytes()).collect();
     let pass: String = form_urlencoded::byte_serialize(creds.client_secret.as_bytes()).collect();
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
-    )
+    format!("Basic {}", base64(format!("{user}:{pass}").as_bytes()))
+}
+
+#[cfg(test)]
+pub(crate) fn base64_for_tests(bytes: &[u8]) -> String {
+    base64(bytes)
+}
+
+/// Standard base64 with padding (RFC 4648 §4). Ten lines here instead of a crate: the
+/// component has a size budget, and only encoding is needed.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            let sextet = (n >> (18 - 6 * i)) & 63;
+            out.push(if i <= chunk.len() {
+                ALPHABET[sextet as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
 }
 
 /// A parsed success reply. The token is kept apart so it cannot slip into the outcome.
@@ -348,49 +371,63 @@ pub struct Token {
     pub outcome: Outcome,
 }
 
-/// A number that some servers send as a string (`"3599"`).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Seconds {
-    Int(u64),
-    Float(f64),
-    Text(String),
-}
+// Replies are read through `serde_json::Value` rather than derived structs: one generic
+// parser instead of a monomorphised one per shape keeps the component small.
 
-impl Seconds {
-    fn value(self, field: &str) -> Result<u64, Error> {
-        let bad = || Error::InvalidResponse(format!("`{field}` is not a number of seconds"));
-        match self {
-            Seconds::Int(n) => Ok(n),
-            Seconds::Float(f) if f.is_finite() && f >= 0.0 => Ok(f as u64),
-            Seconds::Float(_) => Err(bad()),
-            Seconds::Text(s) => s.trim().parse().map_err(|_| bad()),
-        }
+/// `field` as whole seconds: a number, or a numeric string as some servers send (`"3599"`).
+fn seconds(obj: &Map<String, Value>, field: &str) -> Result<Option<u64>, Error> {
+    let bad = || Error::InvalidResponse(format!("`{field}` is not a number of seconds"));
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.is_finite() && *f >= 0.0)
+                    .map(|f| f as u64)
+            })
+            .map(Some)
+            .ok_or_else(bad),
+        Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| bad()),
+        Some(_) => Err(bad()),
     }
 }
 
-#[derive(Deserialize)]
-struct SuccessBody {
-    access_token: Option<String>,
-    token_type: Option<String>,
-    expires_in: Option<Seconds>,
-    ext_expires_in: Option<Seconds>,
-    refresh_in: Option<Seconds>,
-    scope: Option<String>,
+/// `field` as text; absent or null is `None`, another type an error.
+fn text(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, Error> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(Error::InvalidResponse(format!("`{field}` is not a string"))),
+    }
 }
 
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: String,
-    error_description: Option<String>,
-    #[serde(default)]
-    error_codes: Vec<u32>,
-    trace_id: Option<String>,
-    correlation_id: Option<String>,
-}
-
-fn seconds(value: Option<Seconds>, field: &str) -> Result<Option<u64>, Error> {
-    value.map(|s| s.value(field)).transpose()
+/// An OAuth error body (RFC 6749 §5.2, with Entra's extra fields), when the reply is one.
+fn oauth_error(status: u16, body: &[u8]) -> Option<OAuthError> {
+    let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
+        return None;
+    };
+    let error = text(&obj, "error").ok()??;
+    if error.is_empty() {
+        return None;
+    }
+    // Diagnostics of the wrong type are dropped rather than failing the classification.
+    let optional = |field: &str| text(&obj, field).ok().flatten();
+    let error_codes = match obj.get("error_codes") {
+        Some(Value::Array(codes)) => codes
+            .iter()
+            .filter_map(|c| u32::try_from(c.as_u64()?).ok())
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some(OAuthError {
+        status,
+        error,
+        description: optional("error_description"),
+        error_codes,
+        trace_id: optional("trace_id"),
+        correlation_id: optional("correlation_id"),
+    })
 }
 
 /// `Retry-After` as delta-seconds; an HTTP-date or garbage gives `None` (the caller's default).
@@ -414,17 +451,8 @@ pub fn parse_reply(reply: &HttpReply, now: u64) -> Result<Token, Error> {
         300..=399 => Err(Error::InvalidResponse(format!(
             "HTTP {status}: the token endpoint redirected, and redirects are not followed"
         ))),
-        _ => match serde_json::from_slice::<ErrorBody>(&reply.body) {
-            Ok(e) if !e.error.is_empty() && status >= 400 => {
-                Err(Error::Rejected(Box::new(OAuthError {
-                    status,
-                    error: e.error,
-                    description: e.error_description,
-                    error_codes: e.error_codes,
-                    trace_id: e.trace_id,
-                    correlation_id: e.correlation_id,
-                })))
-            }
+        _ => match oauth_error(status, &reply.body) {
+            Some(e) if status >= 400 => Err(Error::Rejected(Box::new(e))),
             _ if status >= 500 => Err(Error::ServerError(status)),
             _ => Err(Error::InvalidResponse(format!(
                 "HTTP {status} without an OAuth error body"
@@ -435,7 +463,7 @@ pub fn parse_reply(reply: &HttpReply, now: u64) -> Result<Token, Error> {
 
 fn parse_success(body: &[u8], status: u16, now: u64) -> Result<Token, Error> {
     // Never quote the body: it may hold the token.
-    let parsed: SuccessBody = serde_json::from_slice(body).map_err(|e| {
+    let parsed: Value = serde_json::from_slice(body).map_err(|e| {
         Error::InvalidResponse(format!(
             "HTTP {status} reply is not a JSON token response ({} at line {}, column {})",
             match e.classify() {
@@ -448,7 +476,12 @@ fn parse_success(body: &[u8], status: u16, now: u64) -> Result<Token, Error> {
             e.column()
         ))
     })?;
-    let access_token = match parsed.access_token {
+    let Value::Object(obj) = parsed else {
+        return Err(Error::InvalidResponse(format!(
+            "HTTP {status} reply is not a JSON object"
+        )));
+    };
+    let access_token = match text(&obj, "access_token")? {
         Some(t) if !t.trim().is_empty() => t,
         Some(_) => {
             return Err(Error::InvalidResponse(
@@ -461,18 +494,17 @@ fn parse_success(body: &[u8], status: u16, now: u64) -> Result<Token, Error> {
             ));
         }
     };
-    let expires_in = seconds(parsed.expires_in, "expires_in")?;
+    let expires_in = seconds(&obj, "expires_in")?;
     let outcome = Outcome {
         // RFC 6749 requires token_type, but servers that omit it mean Bearer.
-        token_type: parsed
-            .token_type
+        token_type: text(&obj, "token_type")?
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| "Bearer".into()),
         expires_in,
         expires_at: expires_in.map(|s| now.saturating_add(s)),
-        ext_expires_in: seconds(parsed.ext_expires_in, "ext_expires_in")?,
-        refresh_in: seconds(parsed.refresh_in, "refresh_in")?,
-        scope: parsed.scope,
+        ext_expires_in: seconds(&obj, "ext_expires_in")?,
+        refresh_in: seconds(&obj, "refresh_in")?,
+        scope: text(&obj, "scope")?,
     };
     Ok(Token {
         access_token,

@@ -458,3 +458,13 @@ proptest::proptest! {
         proptest::prop_assert!(!form(&http.body).contains_key("client_secret"));
     }
 }
+
+proptest::proptest! {
+    /// The hand-written encoder agrees with the base64 crate on any input.
+    #[test]
+    fn base64_matches_the_reference(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+        use base64::Engine as _;
+        let ours = crate::oauth::base64_for_tests(&bytes);
+        proptest::prop_assert_eq!(ours, base64::engine::general_purpose::STANDARD.encode(&bytes));
+    }
+}

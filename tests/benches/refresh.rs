@@ -18,6 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokenwarden::egress::{HttpLimits, Origin, SendFuture, Transport};
+use tokenwarden::runtime::Pooling;
 use tokenwarden::store::memory::MemoryStore;
 use tokenwarden::{JobConfig, Runtime, RuntimeOptions, SecretStore, SqliteStore, emulator};
 use tokenwarden_plugin::oauth;
@@ -57,11 +58,15 @@ impl Transport for Canned {
 
 fn seed(store: &dyn SecretStore) {
     let v = |t: &str| SecretString::from(t.to_string());
-    store.set(CLIENT_ID, &v(emulator::DEMO_CLIENT_ID), None).unwrap();
+    store
+        .set(CLIENT_ID, &v(emulator::DEMO_CLIENT_ID), None)
+        .unwrap();
     store
         .set(CLIENT_SECRET, &v(emulator::DEMO_CLIENT_SECRET), None)
         .unwrap();
-    store.set(TENANT_ID, &v(emulator::DEMO_TENANT), None).unwrap();
+    store
+        .set(TENANT_ID, &v(emulator::DEMO_TENANT), None)
+        .unwrap();
 }
 
 fn canned_job() -> JobConfig {
@@ -181,15 +186,33 @@ fn main() {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4))
         .configure_from_args();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    // One thread by default (the lowest latency for both sides); BENCH_MULTI_THREAD=1 gives
+    // two workers, like the daemon's runtime on this machine.
+    let rt = if std::env::var_os("BENCH_MULTI_THREAD").is_some() {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    }
+    .enable_all()
+    .build()
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
 
     // In process: the sandbox versus native, memory store and durable store.
+    // On-demand allocation by default (measured faster here); BENCH_POOLING=1 for the pool.
+    let pooling = std::env::var_os("BENCH_POOLING")
+        .is_some()
+        .then_some(Pooling {
+            instances: 32,
+            max_memory: 64 << 20,
+            max_table_elements: 20_000,
+        });
     let canned = Runtime::new(RuntimeOptions {
         transport: Some(Arc::new(Canned)),
+        pooling,
+        ..RuntimeOptions::default()
     })
     .unwrap();
     let job = canned_job();
@@ -239,8 +262,16 @@ fn main() {
 
     // Loopback: the emulator, the component through the host's transport, a native client.
     let emu = rt.block_on(tokenwarden_tests::start_emulator());
-    let net = Runtime::new(RuntimeOptions::default()).unwrap();
-    let token_url = format!("{}/{}/oauth2/v2.0/token", emu.authority(), emulator::DEMO_TENANT);
+    let net = Runtime::new(RuntimeOptions {
+        pooling,
+        ..RuntimeOptions::default()
+    })
+    .unwrap();
+    let token_url = format!(
+        "{}/{}/oauth2/v2.0/token",
+        emu.authority(),
+        emulator::DEMO_TENANT
+    );
     let mut loop_job = canned_job();
     loop_job.token_url = Some(token_url.clone());
     net.preload(&loop_job).unwrap();

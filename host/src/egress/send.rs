@@ -14,17 +14,17 @@
 //! back to the pool only after its response body was read to the end.
 
 use super::{HttpLimits, Origin, SendFuture, Sent, Transport};
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
-use std::sync::Mutex;
-use std::time::Instant;
 use bytes::Bytes;
 use http_body::{Body, Frame};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Mutex;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
+use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use wasmtime_wasi_http::io::TokioIo;
@@ -400,11 +400,7 @@ async fn send(
     let response = tokio::time::timeout(first_byte, sender.send_request(request))
         .await
         .map_err(|_| Error::ConnectionReadTimeout)??;
-    let release = Some(Release {
-        pool,
-        key,
-        sender,
-    });
+    let release = Some(Release { pool, key, sender });
     let declared = response
         .headers()
         .get(http::header::CONTENT_LENGTH)

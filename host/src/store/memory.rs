@@ -74,7 +74,11 @@ mod tests {
         let names: Vec<_> = store.list().unwrap().into_iter().map(|m| m.name).collect();
         assert_eq!(names, ["a", "b"]);
         assert!(store.set("", &v("x"), None).is_err());
-        assert!(store.set("big", &v(&"x".repeat(MAX_VALUE_BYTES + 1)), None).is_err());
+        assert!(
+            store
+                .set("big", &v(&"x".repeat(MAX_VALUE_BYTES + 1)), None)
+                .is_err()
+        );
         assert!(!format!("{store:?}").contains('2'));
     }
 }
