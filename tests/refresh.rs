@@ -12,13 +12,6 @@ async fn run(job: &JobConfig, f: &Fixture) -> Result<tokenwarden::RunReport, Run
     runtime().run(job, f.dyn_store()).await
 }
 
-fn plugin_error(r: Result<tokenwarden::RunReport, RunError>) -> PluginError {
-    match r {
-        Err(RunError::Plugin(e)) => e,
-        other => panic!("expected a plugin error, got {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn success_stores_an_accepted_token_with_its_expiry() {
     let emu = start_emulator().await;

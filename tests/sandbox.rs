@@ -66,13 +66,6 @@ async fn run_on(
     rt.run(job, f.dyn_store()).await
 }
 
-fn plugin_error(r: Result<tokenwarden::RunReport, RunError>) -> PluginError {
-    match r {
-        Err(RunError::Plugin(e)) => e,
-        other => panic!("expected a plugin error, got {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn a_guest_cannot_reach_a_non_allowed_origin() {
     let allowed = ScriptedServer::start(vec![Scripted::json(200, "{}")]).await;

@@ -22,7 +22,9 @@ use tokenwarden::runtime::Pooling;
 use tokenwarden::store::memory::MemoryStore;
 use tokenwarden::{JobConfig, Runtime, RuntimeOptions, SecretStore, SqliteStore, emulator};
 use tokenwarden_plugin::oauth;
-use tokenwarden_tests::{ACCESS_TOKEN, CLIENT_ID, CLIENT_SECRET, TENANT_ID, roles};
+use tokenwarden_tests::{
+    ACCESS_TOKEN, CLIENT_ID, CLIENT_SECRET, TENANT_ID, roles, seed_client_secrets,
+};
 use wasmtime_wasi_http::{RequestOptions, WasiBody};
 
 const REPLY: &str = r#"{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.eyJhdWQiOiJodHRwczovL2dyYXBoLm1pY3Jvc29mdC5jb20iLCJleHAiOjE4MDAwMDAwMDB9.c2lnbmF0dXJl"}"#;
@@ -54,19 +56,6 @@ impl Transport for Canned {
             Ok((response, done))
         })
     }
-}
-
-fn seed(store: &dyn SecretStore) {
-    let v = |t: &str| SecretString::from(t.to_string());
-    store
-        .set(CLIENT_ID, &v(emulator::DEMO_CLIENT_ID), None)
-        .unwrap();
-    store
-        .set(CLIENT_SECRET, &v(emulator::DEMO_CLIENT_SECRET), None)
-        .unwrap();
-    store
-        .set(TENANT_ID, &v(emulator::DEMO_TENANT), None)
-        .unwrap();
 }
 
 fn canned_job() -> JobConfig {
@@ -220,8 +209,8 @@ fn main() {
     let memory: Arc<dyn SecretStore> = Arc::new(MemoryStore::default());
     let sqlite: Arc<dyn SecretStore> =
         Arc::new(SqliteStore::open(&dir.path().join("bench.db")).unwrap());
-    seed(&*memory);
-    seed(&*sqlite);
+    seed_client_secrets(&*memory);
+    seed_client_secrets(&*sqlite);
     let canned_reply = || async {
         oauth::HttpReply {
             status: 200,

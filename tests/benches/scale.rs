@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokenwarden::config::DaemonConfig;
 use tokenwarden::daemon::Daemon;
-use tokenwarden::{JobConfig, Runtime, RuntimeOptions, SecretStore, SqliteStore, emulator};
-use tokenwarden_tests::{CLIENT_ID, CLIENT_SECRET, SCOPE, TENANT_ID};
+use tokenwarden::{JobConfig, Runtime, RuntimeOptions, SecretStore, SqliteStore};
+use tokenwarden_tests::SCOPE;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -149,16 +149,7 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(&dir.path().join("data/tw.db")).unwrap());
-    let v = |t: &str| secrecy::SecretString::from(t.to_string());
-    store
-        .set(CLIENT_ID, &v(emulator::DEMO_CLIENT_ID), None)
-        .unwrap();
-    store
-        .set(CLIENT_SECRET, &v(emulator::DEMO_CLIENT_SECRET), None)
-        .unwrap();
-    store
-        .set(TENANT_ID, &v(emulator::DEMO_TENANT), None)
-        .unwrap();
+    tokenwarden_tests::seed_client_secrets(&*store);
     let authority = format!("http://127.0.0.1:{port}");
     let jobs: Vec<JobConfig> = (0..n)
         .map(|i| {

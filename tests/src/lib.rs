@@ -42,15 +42,35 @@ impl Default for Fixture {
     }
 }
 
+/// Stores the emulator's demo client id, secret and tenant under the fixture names.
+pub fn seed_client_secrets(store: &dyn SecretStore) {
+    for (name, value) in [
+        (CLIENT_ID, emulator::DEMO_CLIENT_ID),
+        (CLIENT_SECRET, emulator::DEMO_CLIENT_SECRET),
+        (TENANT_ID, emulator::DEMO_TENANT),
+    ] {
+        store
+            .set(name, &SecretString::from(value.to_string()), None)
+            .expect("set");
+    }
+}
+
+/// The plugin's typed error, or a panic naming what came instead.
+pub fn plugin_error(
+    r: Result<tokenwarden::RunReport, tokenwarden::RunError>,
+) -> tokenwarden::PluginError {
+    match r {
+        Err(tokenwarden::RunError::Plugin(e)) => e,
+        other => panic!("expected a plugin error, got {other:?}"),
+    }
+}
+
 impl Fixture {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(SqliteStore::open(&dir.path().join("data/tw.db")).expect("store"));
-        let f = Self { dir, store };
-        f.set(CLIENT_ID, emulator::DEMO_CLIENT_ID);
-        f.set(CLIENT_SECRET, emulator::DEMO_CLIENT_SECRET);
-        f.set(TENANT_ID, emulator::DEMO_TENANT);
-        f
+        seed_client_secrets(&*store);
+        Self { dir, store }
     }
 
     pub fn set(&self, name: &str, value: &str) {

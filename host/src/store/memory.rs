@@ -1,10 +1,8 @@
 //! A process-local store: for embedders who keep secrets elsewhere and hand them over per
 //! run, for tests and for benchmarks. Not durable.
 
-use super::{
-    MAX_VALUE_BYTES, SecretMeta, SecretStore, StoreError, StoredSecret, check_name, unix_now,
-};
-use secrecy::{ExposeSecret, SecretString};
+use super::{SecretMeta, SecretStore, StoreError, StoredSecret, check_entry, unix_now};
+use secrecy::SecretString;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -35,12 +33,7 @@ impl SecretStore for MemoryStore {
         value: &SecretString,
         expires_at: Option<u64>,
     ) -> Result<(), StoreError> {
-        check_name(name)?;
-        if value.expose_secret().len() > MAX_VALUE_BYTES {
-            return Err(StoreError::Invalid(format!(
-                "the value for `{name}` is larger than {MAX_VALUE_BYTES} bytes"
-            )));
-        }
+        check_entry(name, value)?;
         let meta = SecretMeta {
             name: name.to_string(),
             updated_at: unix_now(),
@@ -62,6 +55,8 @@ impl SecretStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MAX_VALUE_BYTES;
+    use secrecy::ExposeSecret;
 
     #[test]
     fn round_trip_and_rules() {

@@ -95,6 +95,18 @@ pub trait SecretStore: Send + Sync {
 /// plugin from filling the disk.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
+/// A name and value every backend accepts: [`check_name`], and at most [`MAX_VALUE_BYTES`].
+pub fn check_entry(name: &str, value: &SecretString) -> Result<(), StoreError> {
+    use secrecy::ExposeSecret;
+    check_name(name)?;
+    if value.expose_secret().len() > MAX_VALUE_BYTES {
+        return Err(StoreError::Invalid(format!(
+            "the value for `{name}` is larger than {MAX_VALUE_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a secret name: printable, no control characters, at most 256 bytes. Names may
 /// contain spaces ("Microsoft Client ID").
 pub fn check_name(name: &str) -> Result<(), StoreError> {

@@ -7,9 +7,7 @@
 //! the file 0600 before SQLite opens it; SQLite gives its `-wal`/`-shm` files the same mode.
 
 use super::crypto::{self, StoreKey};
-use super::{
-    MAX_VALUE_BYTES, SecretMeta, SecretStore, StoreError, StoredSecret, check_name, unix_now,
-};
+use super::{SecretMeta, SecretStore, StoreError, StoredSecret, check_entry, unix_now};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use secrecy::{ExposeSecret, SecretString};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -402,12 +400,7 @@ impl SecretStore for SqliteStore {
         value: &SecretString,
         expires_at: Option<u64>,
     ) -> Result<(), StoreError> {
-        check_name(name)?;
-        if value.expose_secret().len() > MAX_VALUE_BYTES {
-            return Err(StoreError::Invalid(format!(
-                "the value for `{name}` is larger than {MAX_VALUE_BYTES} bytes"
-            )));
-        }
+        check_entry(name, value)?;
         let expires_at = expires_at.map(|e| i64::try_from(e).unwrap_or(i64::MAX));
         let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
         let mut conn = self.conn();
@@ -452,6 +445,7 @@ impl SecretStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MAX_VALUE_BYTES;
     use std::os::unix::fs::MetadataExt;
 
     #[test]
