@@ -33,7 +33,7 @@ fn fast_policy() -> DaemonConfig {
 fn arc_runtime() -> Arc<tokenwarden::Runtime> {
     // Each test gets its own runtime handle on the shared engine cache of this binary.
     static RT: std::sync::OnceLock<Arc<tokenwarden::Runtime>> = std::sync::OnceLock::new();
-    RT.get_or_init(|| Arc::new(tokenwarden::Runtime::new(Default::default()).unwrap()))
+    RT.get_or_init(|| Arc::new(tokenwarden::Runtime::new(tokenwarden_tests::pooled()).unwrap()))
         .clone()
 }
 

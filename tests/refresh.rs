@@ -420,3 +420,56 @@ async fn connections_are_reused_across_runs_but_not_across_policies() {
 
     assert_eq!(f.get(ACCESS_TOKEN).as_deref(), Some("tok-1"));
 }
+
+#[tokio::test]
+async fn a_full_instance_pool_makes_runs_wait_within_their_timeout() {
+    let emu = start_emulator().await;
+    let f = Fixture::new();
+    let one_slot = tokenwarden::Runtime::new(tokenwarden::RuntimeOptions {
+        pooling: Some(tokenwarden::runtime::Pooling::for_runs(1, &[])),
+        ..Default::default()
+    })
+    .unwrap();
+    let job = entra_job(&emu.authority());
+    one_slot.preload(&job).unwrap();
+
+    // Three runs at once share the one slot: each waits its turn, none fails.
+    emu.state.push_faults([
+        Fault::Delay { ms: 300 },
+        Fault::Delay { ms: 300 },
+        Fault::Delay { ms: 300 },
+    ]);
+    let started = std::time::Instant::now();
+    let (a, b, c) = tokio::join!(
+        one_slot.run(&job, f.dyn_store()),
+        one_slot.run(&job, f.dyn_store()),
+        one_slot.run(&job, f.dyn_store()),
+    );
+    for r in [a, b, c] {
+        r.unwrap();
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "runs took turns: {:?}",
+        started.elapsed()
+    );
+
+    // A run that cannot get a slot within its timeout fails as a timeout; the holder is fine.
+    emu.state.push_faults([Fault::Delay { ms: 1500 }]);
+    let mut impatient = job.clone();
+    impatient.timeout = Duration::from_millis(400);
+    let (holder, waiter) = tokio::join!(one_slot.run(&job, f.dyn_store()), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        one_slot.run(&impatient, f.dyn_store()).await
+    });
+    holder.unwrap();
+    assert!(
+        matches!(waiter, Err(RunError::Timeout(t)) if t == impatient.timeout),
+        "{waiter:?}"
+    );
+    assert_eq!(
+        emu.state.stats().tokens_issued,
+        4,
+        "the waiter sent nothing"
+    );
+}

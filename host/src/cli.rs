@@ -225,7 +225,8 @@ where
 }
 
 /// Engine settings for commands that run jobs: compiled components are cached beside the
-/// store (`compiled/`), so only the first start pays for compilation.
+/// store (`compiled/`), so only the first start pays for compilation, and instances come
+/// from a pool with a slot for each run the daemon allows in flight.
 fn runtime_options(config: &Config) -> RuntimeOptions {
     let dir = config
         .store
@@ -235,6 +236,10 @@ fn runtime_options(config: &Config) -> RuntimeOptions {
         .join("compiled");
     RuntimeOptions {
         compile_cache: Some(crate::cache::CompileCache::new(dir)),
+        pooling: Some(crate::runtime::Pooling::for_runs(
+            config.daemon.max_concurrent_runs,
+            &config.jobs,
+        )),
         ..RuntimeOptions::default()
     }
 }

@@ -9,7 +9,7 @@ use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
     ErrorCode, Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, Scheme,
 };
-use wasip2::io::streams::StreamError;
+use wasip2::io::streams::{OutputStream, StreamError};
 
 wit_bindgen::generate!({
     path: "../wit",
@@ -181,11 +181,28 @@ fn send(request: &HttpRequest) -> Result<HttpReply, oauth::Error> {
     out.set_path_with_query(Some(&request.endpoint.path_and_query))
         .map_err(|_| bad("invalid path"))?;
     let body = out.body().map_err(|_| bad("body taken twice"))?;
+    let stream = body.write().map_err(|_| bad("body stream taken twice"))?;
+    // The form is queued and the body finished before the request is handed over when the
+    // host takes it all without blocking (it does for any real form): the host then sends
+    // headers and body in one write instead of the headers first and the body after more
+    // round trips through the guest. Whatever did not fit is written after `handle`, which
+    // lets the host start draining.
+    let queued = queue_without_blocking(&stream, &request.body);
+    let mut written = false;
+    let mut rest = None;
+    if queued == Some(request.body.len()) {
+        drop(stream);
+        written = OutgoingBody::finish(body, None).is_ok();
+    } else {
+        // The stream first: a child dropped after its parent body traps.
+        rest = Some((stream, body));
+    }
     let pending = outgoing_handler::handle(out, None).map_err(|c| transport(&c, &origin))?;
-
     // A refused request first shows up as a failed body write; the reason is on the
     // response future, so a write failure only stops writing.
-    let written = write_body(body, &request.body);
+    if let (Some((stream, body)), Some(n)) = (rest, queued) {
+        written = write_body(body, stream, &request.body[n..]);
+    }
     let pollable = pending.subscribe();
     pollable.block();
     let response = match pending.get() {
@@ -222,7 +239,7 @@ fn send(request: &HttpRequest) -> Result<HttpReply, oauth::Error> {
     let incoming = response
         .consume()
         .map_err(|_| oauth::Error::Transport(format!("{origin}: body unavailable")))?;
-    let body = read_body(&incoming, &origin)?;
+    let body = read_body(&incoming, &origin, declared)?;
     drop(incoming);
     Ok(HttpReply {
         status,
@@ -231,12 +248,20 @@ fn send(request: &HttpRequest) -> Result<HttpReply, oauth::Error> {
     })
 }
 
-fn write_body(body: OutgoingBody, bytes: &[u8]) -> bool {
-    let Ok(stream) = body.write() else {
-        return false;
-    };
+/// Writes the prefix of `bytes` the stream accepts now; `None` when the stream failed.
+fn queue_without_blocking(stream: &OutputStream, bytes: &[u8]) -> Option<usize> {
+    let room = usize::try_from(stream.check_write().ok()?).unwrap_or(usize::MAX);
+    let n = room.min(bytes.len());
+    if n > 0 {
+        stream.write(&bytes[..n]).ok()?;
+    }
+    Some(n)
+}
+
+/// Writes the rest of the body and finishes it.
+fn write_body(body: OutgoingBody, stream: OutputStream, rest: &[u8]) -> bool {
     // `blocking-write-and-flush` takes at most 4096 bytes per call.
-    let ok = bytes
+    let ok = rest
         .chunks(4096)
         .all(|chunk| stream.blocking_write_and_flush(chunk).is_ok());
     drop(stream);
@@ -244,7 +269,13 @@ fn write_body(body: OutgoingBody, bytes: &[u8]) -> bool {
 }
 
 /// Reads at most `MAX_REPLY_BYTES + 1` bytes, so the parser can tell an oversized reply.
-fn read_body(incoming: &IncomingBody, origin: &str) -> Result<Vec<u8>, oauth::Error> {
+/// With a `Content-Length` it stops at that many bytes instead of waiting for the end of the
+/// stream: one host round trip less per refresh (the host still checks the length).
+fn read_body(
+    incoming: &IncomingBody,
+    origin: &str,
+    declared: Option<u64>,
+) -> Result<Vec<u8>, oauth::Error> {
     let stream = incoming
         .stream()
         .map_err(|_| oauth::Error::Transport(format!("{origin}: body stream unavailable")))?;
@@ -253,7 +284,9 @@ fn read_body(incoming: &IncomingBody, origin: &str) -> Result<Vec<u8>, oauth::Er
         match stream.blocking_read(16 * 1024) {
             Ok(chunk) => {
                 body.extend_from_slice(&chunk);
-                if body.len() > oauth::MAX_REPLY_BYTES {
+                if body.len() > oauth::MAX_REPLY_BYTES
+                    || declared.is_some_and(|n| body.len() as u64 >= n)
+                {
                     break;
                 }
             }

@@ -8,8 +8,8 @@
 //! - `loopback/*`: one refresh against the emulator on 127.0.0.1, the component in the host
 //!   versus a native hyper client; both keep one connection alive, as the host's transport does.
 //!
-//! After criterion's report, p50/p99 of single iterations are printed (criterion reports
-//! means and medians of batches, not tails).
+//! After criterion's report, p50/p99 of single iterations are printed, component and native
+//! alternating (criterion reports means and medians of batches, not tails).
 
 use bytes::Bytes;
 use criterion::Criterion;
@@ -17,6 +17,7 @@ use http_body_util::{BodyExt, Full};
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokenwarden::egress::send::NetTransport;
 use tokenwarden::egress::{HttpLimits, Origin, SendFuture, Transport};
 use tokenwarden::runtime::Pooling;
 use tokenwarden::store::memory::MemoryStore;
@@ -151,23 +152,81 @@ impl NativeClient {
     }
 }
 
-/// Single-iteration latencies: (p50, p99) in microseconds.
-fn percentiles(rt: &tokio::runtime::Runtime, n: usize, mut f: impl AsyncFnMut()) -> (f64, f64) {
-    let mut samples = Vec::with_capacity(n);
+/// The native exchange sent through the host's own transport (connect-time vetting, limits,
+/// keep-alive pool) instead of a bare hyper connection: with it, the loopback gap splits
+/// into what the transport costs and what the sandbox and wasi:http cost.
+struct HostTransportClient {
+    transport: NetTransport,
+    allowed: Arc<Vec<Origin>>,
+    limits: HttpLimits,
+}
+
+impl HostTransportClient {
+    async fn post(&self, http: oauth::HttpRequest) -> oauth::HttpReply {
+        let mut req = http::Request::builder().method("POST").uri(format!(
+            "http://{}{}",
+            http.endpoint.authority, http.endpoint.path_and_query
+        ));
+        req = req.header("host", http.endpoint.authority.as_str());
+        for (name, value) in &http.headers {
+            req = req.header(name.as_str(), value.as_slice());
+        }
+        let body: WasiBody = Full::new(Bytes::from(http.body))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let (response, request_done) = self
+            .transport
+            .send(
+                req.body(body).unwrap(),
+                self.limits.clamp(None),
+                self.allowed.clone(),
+                self.limits,
+            )
+            .await
+            .unwrap();
+        // wasmtime_wasi_http spawns this too.
+        tokio::spawn(Box::into_pin(request_done));
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        oauth::HttpReply {
+            status,
+            retry_after: None,
+            body: body.to_vec(),
+        }
+    }
+}
+
+type Tails = (f64, f64);
+
+/// Single-iteration latencies, (p50, p99) in microseconds, of `a` and `b` run alternately,
+/// so that drift on a shared machine (or in the server) touches both sides alike.
+fn paired_percentiles(
+    rt: &tokio::runtime::Runtime,
+    n: usize,
+    mut a: impl AsyncFnMut(),
+    mut b: impl AsyncFnMut(),
+) -> (Tails, Tails) {
+    let mut samples = (Vec::with_capacity(n), Vec::with_capacity(n));
     rt.block_on(async {
         for _ in 0..n / 10 {
-            f().await;
+            a().await;
+            b().await;
         }
         for _ in 0..n {
             let t = Instant::now();
-            f().await;
-            samples.push(t.elapsed());
+            a().await;
+            samples.0.push(t.elapsed());
+            let t = Instant::now();
+            b().await;
+            samples.1.push(t.elapsed());
         }
     });
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-    let us = |d: Duration| d.as_secs_f64() * 1e6;
-    (us(at(0.50)), us(at(0.99)))
+    let tails = |mut s: Vec<Duration>| {
+        s.sort();
+        let at = |q: f64| s[((s.len() as f64 * q) as usize).min(s.len() - 1)].as_secs_f64() * 1e6;
+        (at(0.50), at(0.99))
+    };
+    (tails(samples.0), tails(samples.1))
 }
 
 fn main() {
@@ -189,23 +248,24 @@ fn main() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
 
-    // In process: the sandbox versus native, memory store and durable store.
-    // On-demand allocation by default (measured faster here); BENCH_POOLING=1 for the pool.
-    let pooling = std::env::var_os("BENCH_POOLING")
-        .is_some()
-        .then_some(Pooling {
-            instances: 32,
-            max_memory: 64 << 20,
-            max_table_elements: 20_000,
-        });
+    // In process: the sandbox versus native, memory store and durable store. The component
+    // runs with the instance pool the CLI and daemon use (16 slots, default limits), and
+    // once more with on-demand allocation, the library's default.
+    let job = canned_job();
+    let pooling = Some(Pooling::for_runs(16, std::slice::from_ref(&job)));
     let canned = Runtime::new(RuntimeOptions {
         transport: Some(Arc::new(Canned)),
         pooling,
         ..RuntimeOptions::default()
     })
     .unwrap();
-    let job = canned_job();
     canned.preload(&job).unwrap();
+    let on_demand = Runtime::new(RuntimeOptions {
+        transport: Some(Arc::new(Canned)),
+        ..RuntimeOptions::default()
+    })
+    .unwrap();
+    on_demand.preload(&job).unwrap();
     let memory: Arc<dyn SecretStore> = Arc::new(MemoryStore::default());
     let sqlite: Arc<dyn SecretStore> =
         Arc::new(SqliteStore::open(&dir.path().join("bench.db")).unwrap());
@@ -233,19 +293,35 @@ fn main() {
                 })
             });
             let n = if label == "memory" { 20_000 } else { 2_000 };
-            tails.push((
-                format!("in-process component/{label}"),
-                percentiles(&rt, n, async || {
+            let (component, native) = paired_percentiles(
+                &rt,
+                n,
+                async || {
                     canned.run(&job, store.clone()).await.unwrap();
-                }),
-            ));
-            tails.push((
-                format!("in-process native/{label}"),
-                percentiles(&rt, n, async || {
-                    native_refresh(&**store, TOKEN_URL, |_| canned_reply()).await
-                }),
-            ));
+                },
+                async || native_refresh(&**store, TOKEN_URL, |_| canned_reply()).await,
+            );
+            tails.push((format!("in-process component/{label}"), component));
+            tails.push((format!("in-process native/{label}"), native));
         }
+        g.bench_function("component-on-demand/memory", |b| {
+            b.to_async(&rt)
+                .iter(|| async { on_demand.run(&job, memory.clone()).await.unwrap() })
+        });
+        let (on_demand_tails, _) = paired_percentiles(
+            &rt,
+            20_000,
+            async || {
+                on_demand.run(&job, memory.clone()).await.unwrap();
+            },
+            async || {
+                canned.run(&job, memory.clone()).await.unwrap();
+            },
+        );
+        tails.push((
+            "in-process component-on-demand/memory".into(),
+            on_demand_tails,
+        ));
         g.finish();
     }
 
@@ -268,6 +344,11 @@ fn main() {
         addr: emu.addr,
         sender: Mutex::new(None),
     };
+    let via_host = HostTransportClient {
+        transport: NetTransport::default(),
+        allowed: Arc::new(loop_job.effective_allow_list().unwrap()),
+        limits: loop_job.limits.http,
+    };
     {
         let mut g = c.benchmark_group("loopback");
         g.bench_function("component/memory", |b| {
@@ -279,19 +360,31 @@ fn main() {
                 native_refresh(&*memory, &token_url, |http| native.post(http)).await
             })
         });
+        g.bench_function("native-host-transport/memory", |b| {
+            b.to_async(&rt).iter(|| async {
+                native_refresh(&*memory, &token_url, |http| via_host.post(http)).await
+            })
+        });
         g.finish();
-        tails.push((
-            "loopback component/memory".into(),
-            percentiles(&rt, 5_000, async || {
+        let (component, native) = paired_percentiles(
+            &rt,
+            5_000,
+            async || {
                 net.run(&loop_job, memory.clone()).await.unwrap();
-            }),
-        ));
-        tails.push((
-            "loopback native/memory".into(),
-            percentiles(&rt, 5_000, async || {
-                native_refresh(&*memory, &token_url, |http| native.post(http)).await
-            }),
-        ));
+            },
+            async || native_refresh(&*memory, &token_url, |http| native.post(http)).await,
+        );
+        tails.push(("loopback component/memory".into(), component));
+        tails.push(("loopback native/memory".into(), native));
+        let (_, via_host) = paired_percentiles(
+            &rt,
+            5_000,
+            async || {
+                net.run(&loop_job, memory.clone()).await.unwrap();
+            },
+            async || native_refresh(&*memory, &token_url, |http| via_host.post(http)).await,
+        );
+        tails.push(("loopback native-host-transport/memory".into(), via_host));
     }
 
     c.final_summary();

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokenwarden::config::DaemonConfig;
 use tokenwarden::daemon::Daemon;
+use tokenwarden::runtime::Pooling;
 use tokenwarden::{JobConfig, Runtime, RuntimeOptions, SecretStore, SqliteStore};
 use tokenwarden_tests::SCOPE;
 
@@ -166,7 +167,14 @@ fn main() {
     };
 
     let (rss_before, _) = rss_mib();
-    let runtime = Arc::new(Runtime::new(RuntimeOptions::default()).unwrap());
+    // The engine the `run` command builds: an instance pool with a slot per run in flight.
+    let runtime = Arc::new(
+        Runtime::new(RuntimeOptions {
+            pooling: Some(Pooling::for_runs(max_runs, &jobs)),
+            ..RuntimeOptions::default()
+        })
+        .unwrap(),
+    );
     runtime.preload(&jobs[0]).unwrap();
     let started = Instant::now();
     let daemon = rt.block_on(async {

@@ -24,10 +24,19 @@ pub const TENANT_ID: &str = "Microsoft Tenant ID";
 pub const ACCESS_TOKEN: &str = "Microsoft Access Token";
 pub const SCOPE: &str = "https://graph.microsoft.com/.default";
 
-/// One runtime per test binary: compiling a component in a debug build takes seconds.
+/// One runtime per test binary: compiling a component in a debug build takes seconds. It
+/// uses an instance pool, as the CLI and daemon do.
 pub fn runtime() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
-    RT.get_or_init(|| Runtime::new(RuntimeOptions::default()).expect("runtime"))
+    RT.get_or_init(|| Runtime::new(pooled()).expect("runtime"))
+}
+
+/// Engine options like the CLI's: an instance pool (roomy, as tests run in parallel).
+pub fn pooled() -> RuntimeOptions {
+    RuntimeOptions {
+        pooling: Some(tokenwarden::runtime::Pooling::for_runs(64, &[])),
+        ..RuntimeOptions::default()
+    }
 }
 
 /// A temporary store holding the demo credentials.
