@@ -1,6 +1,7 @@
 //! End to end: the built-in component (and the rogue test guest) in the real host library,
 //! against the emulator and a scripted server on 127.0.0.1, with a real SQLite store.
 
+use std::sync::Arc;
 use std::time::Duration;
 use tokenwarden::emulator::{self, Fault};
 use tokenwarden::outcome::{PluginError, Retry, RunError};
@@ -366,7 +367,18 @@ async fn misbehaving_guests_fail_their_run_and_the_host_carries_on() {
     let mut looping = rogue_job("loop");
     looping.timeout = Duration::from_millis(500);
     let started = std::time::Instant::now();
+    // A guest that is never interrupted blocks this thread for good: fail loudly instead.
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = stopped.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(30));
+        if !watchdog.load(std::sync::atomic::Ordering::SeqCst) {
+            eprintln!("a looping guest was not interrupted within 30 s");
+            std::process::exit(101);
+        }
+    });
     let e = run(&looping, &f).await.unwrap_err();
+    stopped.store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(matches!(e, RunError::Trap(_)), "{e:?}");
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -385,6 +397,17 @@ async fn misbehaving_guests_fail_their_run_and_the_host_carries_on() {
         }
         Err(RunError::Trap(_)) => {}
         other => panic!("memory grab was not stopped: {other:?}"),
+    }
+    // A job's own lower cap holds inside a pool whose slots are sized for 64 MiB.
+    let mut small = rogue_job("grab-memory");
+    small.limits.max_memory = 16 << 20;
+    match run(&small, &f).await {
+        Err(RunError::Plugin(PluginError::BadRequest(m))) => {
+            let mib: usize = m.split_whitespace().nth(3).unwrap().parse().unwrap();
+            assert!(mib < 16, "{m}");
+        }
+        Err(RunError::Trap(_)) => {}
+        other => panic!("memory grab was not stopped at 16 MiB: {other:?}"),
     }
 
     // The same runtime still runs good jobs.
