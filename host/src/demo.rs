@@ -87,6 +87,8 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
         ..DaemonConfig::default()
     };
 
+    // The library's default engine (on-demand instances), so the demo's test also covers the
+    // path embedders get without `RuntimeOptions::pooling`; `run` pools.
     let runtime = Arc::new(Runtime::new(RuntimeOptions::default())?);
     let compile = Instant::now();
     runtime.preload(&job)?;
