@@ -192,12 +192,7 @@ async fn header_floods_and_host_headers_are_refused() {
     assert_eq!(ok.unwrap().outcome.token_type, "status:200");
 
     // A server flooding headers: the host refuses the response.
-    let mut reply = Scripted::json(200, r#"{"access_token":"t"}"#);
-    for i in 0..150 {
-        reply
-            .headers
-            .push((Box::leak(format!("x-h{i}").into_boxed_str()), "v".into()));
-    }
+    let reply = Scripted::json(200, r#"{"access_token":"t"}"#).with_extra_headers(150);
     let server = ScriptedServer::start(vec![reply]).await;
     let f = Fixture::new();
     let e = plugin_error(run_on(runtime(), &url_job(&server.url("/token"), "api"), &f).await);
@@ -206,12 +201,7 @@ async fn header_floods_and_host_headers_are_refused() {
 
     // A job's own lower header cap holds (hyper's default is 100): 30 headers pass the
     // default limits and fail a job allowing 20.
-    let mut reply = Scripted::json(200, r#"{"access_token":"t"}"#);
-    for i in 0..30 {
-        reply
-            .headers
-            .push((Box::leak(format!("x-h{i}").into_boxed_str()), "v".into()));
-    }
+    let reply = Scripted::json(200, r#"{"access_token":"t"}"#).with_extra_headers(30);
     let server = ScriptedServer::start(vec![reply.clone(), reply]).await;
     let job = url_job(&server.url("/token"), "api");
     run_on(runtime(), &job, &Fixture::new()).await.unwrap();
@@ -222,58 +212,6 @@ async fn header_floods_and_host_headers_are_refused() {
     assert!(f.get(ACCESS_TOKEN).is_none());
 }
 
-/// A server answering every request on a connection with `body` in chunked transfer
-/// coding (no `Content-Length`, so only the host's running count can bound it).
-async fn chunked_server(body: Vec<u8>) -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let body = body.clone();
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 8192];
-                loop {
-                    // Read the whole request (head, then Content-Length bytes) before answering.
-                    let Some(head_end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match conn.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&seen[..head_end]).to_ascii_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map_or(0, |v| v.trim().parse().unwrap());
-                    while seen.len() < head_end + 4 + length {
-                        match conn.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    seen.drain(..head_end + 4 + length);
-                    let mut reply = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
-                        transfer-encoding: chunked\r\n\r\n"
-                        .to_vec();
-                    for piece in body.chunks(4096) {
-                        reply.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
-                        reply.extend_from_slice(piece);
-                        reply.extend_from_slice(b"\r\n");
-                    }
-                    reply.extend_from_slice(b"0\r\n\r\n");
-                    if conn.write_all(&reply).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn response_bodies_over_the_host_cap_are_refused() {
     // 24 KiB: well within the plugin's own 256 KiB bound and the default 1 MiB host cap.
@@ -282,8 +220,13 @@ async fn response_bodies_over_the_host_cap_are_refused() {
         "a".repeat(24 * 1024)
     );
     let declared = ScriptedServer::start(vec![Scripted::json(200, &body)]).await;
-    let chunked = chunked_server(body.clone().into_bytes()).await;
-    for url in [declared.url("/token"), format!("http://{chunked}/token")] {
+    // Chunked, with no Content-Length: only the host's running count can bound it.
+    let chunked = ScriptedServer::start(vec![Scripted {
+        chunked: true,
+        ..Scripted::json(200, &body)
+    }])
+    .await;
+    for url in [declared.url("/token"), chunked.url("/token")] {
         let job = url_job(&url, "api");
         let f = Fixture::new();
         run_on(runtime(), &job, &f).await.unwrap();

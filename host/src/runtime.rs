@@ -253,9 +253,11 @@ impl Runtime {
     pub fn new(options: RuntimeOptions) -> Result<Self, RunError> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
+        let mut slots = None;
         if let Some(p) = options.pooling {
             let mut pool = wasmtime::PoolingAllocationConfig::default();
             let n = p.instances.max(1);
+            slots = Some(tokio::sync::Semaphore::new(n as usize));
             pool.total_component_instances(n)
                 .total_core_instances(n * PER_COMPONENT)
                 .total_memories(n * PER_COMPONENT)
@@ -271,8 +273,7 @@ impl Runtime {
             // faults: 39 µs a run instead of 59 µs here. Without it, a memset of a fixed
             // prefix (wasmtime's fallback) cost more than it saved (90 µs), so the whole
             // slot is reset by madvise.
-            let scan = wasmtime::PoolingAllocationConfig::is_pagemap_scan_available();
-            if scan {
+            if wasmtime::PoolingAllocationConfig::is_pagemap_scan_available() {
                 pool.pagemap_scan(wasmtime::Enabled::Yes)
                     .linear_memory_keep_resident(1 << 20)
                     .table_keep_resident(256 << 10);
@@ -301,9 +302,6 @@ impl Runtime {
                 }
             })
             .map_err(|e| RunError::Component(format!("epoch thread: {e}")))?;
-        let slots = options
-            .pooling
-            .map(|p| tokio::sync::Semaphore::new(p.instances.max(1) as usize));
         Ok(Self {
             engine,
             linker,

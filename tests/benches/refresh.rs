@@ -8,7 +8,7 @@
 //! - `loopback/*`: one refresh against the emulator on 127.0.0.1, the component in the host
 //!   versus a native hyper client; both keep one connection alive, as the host's transport does.
 //!
-//! After criterion's report, p50/p99 of single iterations are printed, component and native
+//! After criterion's report, p50/p99 of single iterations are printed, the rows of a group
 //! alternating (criterion reports means and medians of batches, not tails).
 
 use bytes::Bytes;
@@ -198,35 +198,42 @@ impl HostTransportClient {
 
 type Tails = (f64, f64);
 
-/// Single-iteration latencies, (p50, p99) in microseconds, of `a` and `b` run alternately,
-/// so that drift on a shared machine (or in the server) touches both sides alike.
-fn paired_percentiles(
-    rt: &tokio::runtime::Runtime,
-    n: usize,
-    mut a: impl AsyncFnMut(),
-    mut b: impl AsyncFnMut(),
-) -> (Tails, Tails) {
-    let mut samples = (Vec::with_capacity(n), Vec::with_capacity(n));
-    rt.block_on(async {
-        for _ in 0..n / 10 {
-            a().await;
-            b().await;
-        }
-        for _ in 0..n {
-            let t = Instant::now();
-            a().await;
-            samples.0.push(t.elapsed());
-            let t = Instant::now();
-            b().await;
-            samples.1.push(t.elapsed());
-        }
-    });
-    let tails = |mut s: Vec<Duration>| {
-        s.sort();
-        let at = |q: f64| s[((s.len() as f64 * q) as usize).min(s.len() - 1)].as_secs_f64() * 1e6;
-        (at(0.50), at(0.99))
+/// Single-iteration latencies, (p50, p99) in microseconds, of each future expression,
+/// made afresh and awaited in turn, so that drift on a shared machine (or in the server)
+/// touches all of them alike. Gives one [`Tails`] per expression.
+macro_rules! interleaved_tails {
+    ($rt:expr, $n:expr, [$($run:expr),+ $(,)?]) => {{
+        let n: usize = $n;
+        let mut samples = [$({
+            let _ = stringify!($run);
+            Vec::<Duration>::with_capacity(n)
+        }),+];
+        $rt.block_on(async {
+            // The first tenth warms up and is not recorded.
+            for i in 0..n / 10 + n {
+                let mut k = 0;
+                $(
+                    let t = Instant::now();
+                    $run.await;
+                    if i >= n / 10 {
+                        samples[k].push(t.elapsed());
+                    }
+                    k += 1;
+                )+
+                let _ = k;
+            }
+        });
+        samples.map(tails)
+    }};
+}
+
+fn tails(mut samples: Vec<Duration>) -> Tails {
+    samples.sort();
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 * q) as usize).min(samples.len() - 1);
+        samples[i].as_secs_f64() * 1e6
     };
-    (tails(samples.0), tails(samples.1))
+    (at(0.50), at(0.99))
 }
 
 fn main() {
@@ -293,13 +300,15 @@ fn main() {
                 })
             });
             let n = if label == "memory" { 20_000 } else { 2_000 };
-            let (component, native) = paired_percentiles(
+            let [component, native] = interleaved_tails!(
                 &rt,
                 n,
-                async || {
-                    canned.run(&job, store.clone()).await.unwrap();
-                },
-                async || native_refresh(&**store, TOKEN_URL, |_| canned_reply()).await,
+                [
+                    async {
+                        canned.run(&job, store.clone()).await.unwrap();
+                    },
+                    native_refresh(&**store, TOKEN_URL, |_| canned_reply()),
+                ]
             );
             tails.push((format!("in-process component/{label}"), component));
             tails.push((format!("in-process native/{label}"), native));
@@ -308,15 +317,12 @@ fn main() {
             b.to_async(&rt)
                 .iter(|| async { on_demand.run(&job, memory.clone()).await.unwrap() })
         });
-        let (on_demand_tails, _) = paired_percentiles(
+        let [on_demand_tails] = interleaved_tails!(
             &rt,
             20_000,
-            async || {
+            [async {
                 on_demand.run(&job, memory.clone()).await.unwrap();
-            },
-            async || {
-                canned.run(&job, memory.clone()).await.unwrap();
-            },
+            }]
         );
         tails.push((
             "in-process component-on-demand/memory".into(),
@@ -366,25 +372,23 @@ fn main() {
             })
         });
         g.finish();
-        let (component, native) = paired_percentiles(
+        let [component, native_tails, via_host_tails] = interleaved_tails!(
             &rt,
             5_000,
-            async || {
-                net.run(&loop_job, memory.clone()).await.unwrap();
-            },
-            async || native_refresh(&*memory, &token_url, |http| native.post(http)).await,
+            [
+                async {
+                    net.run(&loop_job, memory.clone()).await.unwrap();
+                },
+                native_refresh(&*memory, &token_url, |http| native.post(http)),
+                native_refresh(&*memory, &token_url, |http| via_host.post(http)),
+            ]
         );
         tails.push(("loopback component/memory".into(), component));
-        tails.push(("loopback native/memory".into(), native));
-        let (_, via_host) = paired_percentiles(
-            &rt,
-            5_000,
-            async || {
-                net.run(&loop_job, memory.clone()).await.unwrap();
-            },
-            async || native_refresh(&*memory, &token_url, |http| via_host.post(http)).await,
-        );
-        tails.push(("loopback native-host-transport/memory".into(), via_host));
+        tails.push(("loopback native/memory".into(), native_tails));
+        tails.push((
+            "loopback native-host-transport/memory".into(),
+            via_host_tails,
+        ));
     }
 
     c.final_summary();

@@ -167,6 +167,8 @@ pub struct Scripted {
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
     pub delay: Duration,
+    /// Send the body in 4 KiB chunks with no `Content-Length` (chunked transfer coding).
+    pub chunked: bool,
 }
 
 impl Scripted {
@@ -176,7 +178,32 @@ impl Scripted {
             headers: vec![("content-type", "application/json".into())],
             body: body.as_bytes().to_vec(),
             delay: Duration::ZERO,
+            chunked: false,
         }
+    }
+
+    /// Adds `n` headers `x-h0: v` ... to the reply.
+    pub fn with_extra_headers(mut self, n: usize) -> Self {
+        for i in 0..n {
+            self.headers
+                .push((Box::leak(format!("x-h{i}").into_boxed_str()), "v".into()));
+        }
+        self
+    }
+}
+
+/// A body of known frames and unknown length, which hyper sends chunked.
+struct Chunks(std::collections::VecDeque<Bytes>);
+
+impl axum::body::HttpBody for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
     }
 }
 
@@ -249,7 +276,13 @@ async fn answer(
         }
     };
     tokio::time::sleep(reply.delay).await;
-    let mut r = (StatusCode::from_u16(reply.status).unwrap(), reply.body).into_response();
+    let status = StatusCode::from_u16(reply.status).unwrap();
+    let mut r = if reply.chunked {
+        let chunks = reply.body.chunks(4096).map(Bytes::copy_from_slice);
+        (status, axum::body::Body::new(Chunks(chunks.collect()))).into_response()
+    } else {
+        (status, reply.body).into_response()
+    };
     for (k, v) in reply.headers {
         r.headers_mut().insert(k, v.parse().unwrap());
     }
