@@ -28,4 +28,15 @@ fn main() {
         "cargo::rustc-env=TOKENWARDEN_PLUGIN_WASM={}",
         wasm.display()
     );
+    // The wasmtime version for `tokenwarden_build_info`, from the lock file.
+    let lock = tokenwarden_build::workspace_root().join("Cargo.lock");
+    println!("cargo::rerun-if-changed={}", lock.display());
+    let text = std::fs::read_to_string(&lock).unwrap_or_default();
+    let version = text
+        .split("[[package]]")
+        .find(|p| p.contains("name = \"wasmtime\"\n"))
+        .and_then(|p| p.split("version = \"").nth(1))
+        .and_then(|v| v.split('"').next())
+        .unwrap_or("unknown");
+    println!("cargo::rustc-env=TOKENWARDEN_WASMTIME_VERSION={version}");
 }

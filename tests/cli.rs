@@ -15,21 +15,12 @@ struct Cli {
 
 impl Cli {
     /// A folder with a config for `authority`, and a store with the demo credentials.
-    fn new(authority: &str) -> Self {
+    async fn new(authority: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("tokenwarden.toml"), config(authority)).unwrap();
         let cli = Self { dir };
         let store = tokenwarden::SqliteStore::open(&cli.store_path()).unwrap();
-        for (name, value) in [
-            (CLIENT_ID, emulator::DEMO_CLIENT_ID),
-            (CLIENT_SECRET, emulator::DEMO_CLIENT_SECRET),
-            (TENANT_ID, emulator::DEMO_TENANT),
-        ] {
-            use tokenwarden::SecretStore;
-            store
-                .set(name, &secrecy::SecretString::from(value.to_string()), None)
-                .unwrap();
-        }
+        seed_client_secrets(&store).await;
         cli
     }
 
@@ -98,7 +89,7 @@ fn assert_no_secret(o: &Output) {
 
 #[tokio::test]
 async fn secrets_set_get_list_round_trip_through_stdin() {
-    let cli = Cli::new("http://127.0.0.1:9");
+    let cli = Cli::new("http://127.0.0.1:9").await;
     let o = cli
         .run(
             &["secrets", "set", "Api Key"],
@@ -130,7 +121,7 @@ async fn secrets_set_get_list_round_trip_through_stdin() {
 
 #[tokio::test]
 async fn secrets_errors_have_distinct_exit_codes() {
-    let cli = Cli::new("http://127.0.0.1:9");
+    let cli = Cli::new("http://127.0.0.1:9").await;
     let o = cli.run(&["secrets", "get", "Nope"], None).await;
     assert_eq!(code(&o), 5);
     assert!(text(&o.stderr).contains("no secret named `Nope`"));
@@ -148,7 +139,7 @@ async fn secrets_errors_have_distinct_exit_codes() {
 #[tokio::test]
 async fn refresh_succeeds_with_config_given_any_way() {
     let emu = start_emulator().await;
-    let cli = Cli::new(&emu.authority());
+    let cli = Cli::new(&emu.authority()).await;
     let cfg = cli.config_path();
     let cfg = cfg.to_str().unwrap();
 
@@ -182,8 +173,12 @@ async fn refresh_succeeds_with_config_given_any_way() {
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["ok"], true);
-    assert_eq!(v["report"]["outcome"]["expires_in"], 3599);
-    assert_eq!(v["report"]["token_secret"], ACCESS_TOKEN);
+    assert_eq!(v["outcome"]["expires_in"], 3599);
+    assert_eq!(v["token_secret"], ACCESS_TOKEN);
+    assert!(
+        v["duration_ms"].is_u64(),
+        "the same field name as the admin API: {v}"
+    );
 
     // The stored token is what the resource server accepts.
     let token = cli
@@ -199,7 +194,7 @@ async fn refresh_succeeds_with_config_given_any_way() {
 #[tokio::test]
 async fn failed_refresh_exits_non_zero_names_the_error_and_keeps_the_token() {
     let emu = start_emulator().await;
-    let cli = Cli::new(&emu.authority());
+    let cli = Cli::new(&emu.authority()).await;
     assert_eq!(code(&cli.run(&["refresh", "graph"], None).await), 0);
     let good = cli
         .run(&["secrets", "get", ACCESS_TOKEN], None)
@@ -263,7 +258,7 @@ async fn failed_refresh_exits_non_zero_names_the_error_and_keeps_the_token() {
 
 #[tokio::test]
 async fn config_errors_name_file_line_and_key() {
-    let cli = Cli::new("http://127.0.0.1:9");
+    let cli = Cli::new("http://127.0.0.1:9").await;
     let path = cli.config_path();
     let bad = config("http://127.0.0.1:9").replace("scope =", "scopes =");
     std::fs::write(&path, bad).unwrap();
@@ -293,7 +288,7 @@ async fn config_errors_name_file_line_and_key() {
 #[tokio::test]
 async fn exported_component_runs_as_a_job_plugin() {
     let emu = start_emulator().await;
-    let cli = Cli::new(&emu.authority());
+    let cli = Cli::new(&emu.authority()).await;
     let o = cli
         .run(&["component", "export", "exported.wasm"], None)
         .await;
@@ -342,19 +337,19 @@ async fn emulator_command_serves_tokens_to_refresh() {
     let line = lines.next_line().await.unwrap().unwrap();
     let addr = line.strip_prefix("listening on ").expect(&line).to_string();
 
-    let cli = Cli::new(&format!("http://{addr}"));
+    let cli = Cli::new(&format!("http://{addr}")).await;
     let o = cli.run(&["refresh", "graph"], None).await;
     assert_eq!(code(&o), 3, "the first request gets the injected 503");
     let o = cli.run(&["refresh", "graph", "--json"], None).await;
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["report"]["outcome"]["expires_in"], 90);
+    assert_eq!(v["outcome"]["expires_in"], 90);
     emu.kill().await.unwrap();
 }
 
 #[tokio::test]
 async fn demo_runs_offline_and_tells_the_story() {
-    let cli = Cli::new("http://127.0.0.1:9");
+    let cli = Cli::new("http://127.0.0.1:9").await;
     let o = cli.run(&["demo"], None).await;
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
     let out = text(&o.stdout);
@@ -432,7 +427,7 @@ async fn sigterm_mid_run_lets_the_run_finish_and_exits_zero() {
         ..Default::default()
     })
     .await;
-    let cli = Cli::new(&emu.authority());
+    let cli = Cli::new(&emu.authority()).await;
     let mut child = spawn_daemon(
         &cli,
         "[admin]\nlisten = \"127.0.0.1:0\"\n[daemon]\nshutdown_grace = \"10s\"",
@@ -475,7 +470,7 @@ async fn sigterm_past_the_grace_period_cuts_the_run_off_cleanly() {
         ..Default::default()
     })
     .await;
-    let cli = Cli::new(&emu.authority());
+    let cli = Cli::new(&emu.authority()).await;
     {
         use tokenwarden::SecretStore;
         // An expired token, so the daemon catches up at once.
@@ -486,6 +481,7 @@ async fn sigterm_past_the_grace_period_cuts_the_run_off_cleanly() {
                 &secrecy::SecretString::from("previous-token".to_string()),
                 Some(1),
             )
+            .await
             .unwrap();
     }
     let mut child = spawn_daemon(
@@ -511,7 +507,7 @@ async fn sigterm_past_the_grace_period_cuts_the_run_off_cleanly() {
 
 #[tokio::test]
 async fn run_refuses_an_unauthenticated_admin_api_off_loopback() {
-    let cli = Cli::new("http://127.0.0.1:9");
+    let cli = Cli::new("http://127.0.0.1:9").await;
     let mut child = spawn_daemon(&cli, "[admin]\nlisten = \"0.0.0.0:0\"");
     let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
         .await

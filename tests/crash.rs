@@ -37,7 +37,7 @@ fn sigkill_during_writes_never_loses_or_corrupts_a_secret() {
 
         let store = SqliteStore::open(&path).expect("the store opens after SIGKILL");
         for name in ["a", "b", "c"] {
-            let Some(secret) = store.get(name).expect("decrypts: no torn write") else {
+            let Some(secret) = block_on(store.get(name)).expect("decrypts: no torn write") else {
                 assert!(
                     last_committed.is_none(),
                     "{name} lost after round {last_committed:?}"
@@ -70,4 +70,12 @@ fn sigkill_during_writes_never_loses_or_corrupts_a_secret() {
 /// Kill times spread over 5 to 80 ms, different for every iteration.
 fn fastrand_ms(i: u64) -> u64 {
     5 + (i * 37 + 11) % 76
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
 }

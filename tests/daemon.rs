@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokenwarden::client;
 use tokenwarden::config::DaemonConfig;
-use tokenwarden::daemon::{Daemon, RunEvent, Trigger};
+use tokenwarden::daemon::{Coordination, Daemon, RunEvent, Trigger};
 use tokenwarden::emulator::{EmulatorConfig, Fault};
 use tokenwarden::schedule::Policy;
 use tokenwarden::{JobConfig, SecretStore};
@@ -24,6 +24,7 @@ fn fast_policy() -> DaemonConfig {
             permanent_retry_initial: Duration::from_secs(1),
             permanent_retry_max: Duration::from_secs(8),
             throttle_default: Duration::from_secs(1),
+            min_interval: Duration::from_secs(1),
             ..Policy::default()
         },
         ..DaemonConfig::default()
@@ -37,8 +38,14 @@ fn arc_runtime() -> Arc<tokenwarden::Runtime> {
         .clone()
 }
 
-fn start(jobs: &[JobConfig], config: &DaemonConfig, f: &Fixture) -> Daemon {
-    Daemon::start_jobs(jobs, config, arc_runtime(), f.dyn_store()).unwrap()
+async fn start(jobs: &[JobConfig], config: &DaemonConfig, f: &Fixture) -> Daemon {
+    let coord = Coordination {
+        poll_interval: Duration::from_millis(200),
+        ..Coordination::default()
+    };
+    Daemon::start_jobs(jobs.to_vec(), config, coord, arc_runtime(), f.dyn_store())
+        .await
+        .unwrap()
 }
 
 async fn next(events: &mut Receiver<RunEvent>, within: Duration) -> RunEvent {
@@ -48,14 +55,15 @@ async fn next(events: &mut Receiver<RunEvent>, within: Duration) -> RunEvent {
         .expect("daemon alive")
 }
 
-fn store_token(f: &Fixture, value: &str, expires_in: i64) {
-    let at = (tokenwarden::store::unix_now() as i64 + expires_in).max(0) as u64;
+async fn store_token(f: &Fixture, value: &str, expires_in: i64) {
+    let at = (tokenwarden::time::unix_now() as i64 + expires_in).max(0) as u64;
     f.store
         .set(
             ACCESS_TOKEN,
             &SecretString::from(value.to_string()),
             Some(at),
         )
+        .await
         .unwrap();
 }
 
@@ -66,8 +74,8 @@ async fn auto_schedule_refreshes_before_expiry() {
         ..EmulatorConfig::default()
     })
     .await;
-    let f = Fixture::new();
-    let daemon = start(&[entra_job(&emu.authority())], &fast_policy(), &f);
+    let f = Fixture::new().await;
+    let daemon = start(&[entra_job(&emu.authority())], &fast_policy(), &f).await;
     let mut events = daemon.subscribe();
     let mut successes: Vec<RunEvent> = Vec::new();
     while successes.len() < 4 {
@@ -101,11 +109,11 @@ async fn fault_bursts_are_retried_with_backoff_and_the_old_token_is_kept() {
         ..EmulatorConfig::default()
     })
     .await;
-    let f = Fixture::new();
-    let daemon = start(&[entra_job(&emu.authority())], &fast_policy(), &f);
+    let f = Fixture::new().await;
+    let daemon = start(&[entra_job(&emu.authority())], &fast_policy(), &f).await;
     let mut events = daemon.subscribe();
     assert!(next(&mut events, Duration::from_secs(5)).await.record.ok);
-    let good = f.get(ACCESS_TOKEN).unwrap();
+    let good = f.get(ACCESS_TOKEN).await.unwrap();
 
     emu.state.push_faults([
         Fault::Status { status: 503 },
@@ -132,7 +140,7 @@ async fn fault_bursts_are_retried_with_backoff_and_the_old_token_is_kept() {
             break;
         }
         // Between failures the last good token stays stored and usable.
-        assert_eq!(f.get(ACCESS_TOKEN).as_deref(), Some(good.as_str()));
+        assert_eq!(f.get(ACCESS_TOKEN).await.as_deref(), Some(good.as_str()));
         assert_eq!(get_with_bearer(emu.addr, "/v1.0/me", &good).await, 200);
         assert_eq!(e.record.trigger, Trigger::Retry);
         failures.push(e.record);
@@ -162,7 +170,7 @@ async fn fault_bursts_are_retried_with_backoff_and_the_old_token_is_kept() {
     assert!((380..=1100).contains(&gaps[2]), "{gaps:?}");
     assert!(gaps[3] >= 1000, "Retry-After honoured: {gaps:?}");
     assert!(
-        f.get(ACCESS_TOKEN).unwrap() != good,
+        f.get(ACCESS_TOKEN).await.unwrap() != good,
         "recovered with a new token"
     );
     daemon.shutdown(Duration::from_secs(5)).await;
@@ -171,12 +179,12 @@ async fn fault_bursts_are_retried_with_backoff_and_the_old_token_is_kept() {
 #[tokio::test]
 async fn permanent_errors_back_off_slowly_and_are_reported() {
     let emu = start_emulator().await;
-    let f = Fixture::new();
-    store_token(&f, "last-good-token", 3600);
-    f.set(CLIENT_SECRET, "wrong-secret");
+    let f = Fixture::new().await;
+    store_token(&f, "last-good-token", 3600).await;
+    f.set(CLIENT_SECRET, "wrong-secret").await;
     let mut job = entra_job(&emu.authority());
-    job.schedule = tokenwarden::config::Schedule::parse("every 1s").unwrap();
-    let daemon = start(&[job], &fast_policy(), &f);
+    job.schedule = tokenwarden::schedule::Schedule::parse("every 1s").unwrap();
+    let daemon = start(&[job], &fast_policy(), &f).await;
     let mut events = daemon.subscribe();
     let mut gaps = Vec::new();
     let mut last: Option<RunEvent> = None;
@@ -203,7 +211,10 @@ async fn permanent_errors_back_off_slowly_and_are_reported() {
     let status = daemon.status("graph").unwrap();
     assert_eq!(status.consecutive_failures, 3);
     assert_eq!(status.last_run.unwrap().error.unwrap().class, "rejected");
-    assert_eq!(f.get(ACCESS_TOKEN).as_deref(), Some("last-good-token"));
+    assert_eq!(
+        f.get(ACCESS_TOKEN).await.as_deref(),
+        Some("last-good-token")
+    );
     daemon.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -214,9 +225,9 @@ async fn a_trigger_during_a_run_joins_it() {
         ..EmulatorConfig::default()
     })
     .await;
-    let f = Fixture::new();
-    store_token(&f, "fresh", 3600);
-    let daemon = start(&[entra_job(&emu.authority())], &fast_policy(), &f);
+    let f = Fixture::new().await;
+    store_token(&f, "fresh", 3600).await;
+    let daemon = start(&[entra_job(&emu.authority())], &fast_policy(), &f).await;
     let (a, b, c) = tokio::join!(
         daemon.trigger("graph"),
         daemon.trigger("graph"),
@@ -245,7 +256,7 @@ async fn runs_in_flight_are_bounded_across_jobs() {
         ..EmulatorConfig::default()
     })
     .await;
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let jobs: Vec<JobConfig> = (0..3)
         .map(|i| {
             let mut j = entra_job(&emu.authority());
@@ -258,7 +269,7 @@ async fn runs_in_flight_are_bounded_across_jobs() {
         max_concurrent_runs: 1,
         ..fast_policy()
     };
-    let daemon = start(&jobs, &config, &f);
+    let daemon = start(&jobs, &config, &f).await;
     let mut events = daemon.subscribe();
     let mut spans = Vec::new();
     for _ in 0..3 {
@@ -276,7 +287,7 @@ async fn runs_in_flight_are_bounded_across_jobs() {
 #[tokio::test]
 async fn restart_catches_up_only_when_the_token_is_missing_expired_or_due() {
     let emu = start_emulator().await;
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let mut jobs = Vec::new();
     for (name, token) in [
         ("missing", None),
@@ -291,13 +302,14 @@ async fn restart_catches_up_only_when_the_token_is_missing_expired_or_due() {
                 .set(
                     &j.secrets.access_token,
                     &SecretString::from("old".to_string()),
-                    Some((tokenwarden::store::unix_now() as i64 + expires_in) as u64),
+                    Some((tokenwarden::time::unix_now() as i64 + expires_in) as u64),
                 )
+                .await
                 .unwrap();
         }
         jobs.push(j);
     }
-    let daemon = start(&jobs, &fast_policy(), &f);
+    let daemon = start(&jobs, &fast_policy(), &f).await;
     let mut events = daemon.subscribe();
     let mut caught_up = [
         next(&mut events, Duration::from_secs(5)).await,
@@ -318,7 +330,7 @@ async fn restart_catches_up_only_when_the_token_is_missing_expired_or_due() {
         "the fresh token is left alone"
     );
     let fresh = daemon.status("fresh").unwrap();
-    let due_in = fresh.next_run_at as i64 - tokenwarden::store::unix_now() as i64;
+    let due_in = fresh.next_run_at as i64 - tokenwarden::time::unix_now() as i64;
     assert!(
         (1600..=1800).contains(&due_in),
         "half-life of a 1 h token: {due_in}"
@@ -329,9 +341,9 @@ async fn restart_catches_up_only_when_the_token_is_missing_expired_or_due() {
 #[tokio::test]
 async fn admin_api_auth_status_trigger_and_metrics() {
     let emu = start_emulator().await;
-    let f = Fixture::new();
-    f.set("Admin Token", "admin-canary-token");
-    let daemon = start(&[entra_job(&emu.authority())], &fast_policy(), &f);
+    let f = Fixture::new().await;
+    f.set("Admin Token", "admin-canary-token").await;
+    let daemon = start(&[entra_job(&emu.authority())], &fast_policy(), &f).await;
     let mut events = daemon.subscribe();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -372,7 +384,7 @@ async fn admin_api_auth_status_trigger_and_metrics() {
     let auth = Some("admin-canary-token");
     let jobs = client::get(addr, "/jobs", auth).await.unwrap();
     assert_eq!(jobs.status, 200);
-    let token = f.get(ACCESS_TOKEN).unwrap();
+    let token = f.get(ACCESS_TOKEN).await.unwrap();
     let status = &jobs.json()[0];
     assert_eq!(status["name"], "graph");
     assert_eq!(status["consecutive_failures"], 0);
@@ -411,12 +423,16 @@ async fn admin_api_auth_status_trigger_and_metrics() {
     let metrics = client::get(addr, "/metrics", auth).await.unwrap();
     assert_eq!(metrics.status, 200);
     for needle in [
-        "tokenwarden_runs_total{job=\"graph\",outcome=\"success\"} 2",
-        "tokenwarden_runs_total{job=\"graph\",outcome=\"rejected\"} 1",
-        "tokenwarden_run_duration_seconds_count{job=\"graph\"} 3",
-        "tokenwarden_token_expiry_timestamp_seconds{job=\"graph\"}",
-        "tokenwarden_next_run_timestamp_seconds{job=\"graph\"}",
-        "tokenwarden_consecutive_failures{job=\"graph\"} 1",
+        "tokenwarden_runs_total{job_name=\"graph\",outcome=\"success\"} 2",
+        "tokenwarden_runs_total{job_name=\"graph\",outcome=\"retryable\"} 1",
+        "tokenwarden_runs_total{job_name=\"graph\",outcome=\"permanent\"} 0",
+        "tokenwarden_run_errors_total{class=\"rejected\",retry=\"retryable\"} 1",
+        "tokenwarden_run_duration_seconds_count{outcome=\"success\"} 2",
+        "tokenwarden_token_expiry_timestamp_seconds{job_name=\"graph\"} 1",
+        "tokenwarden_last_success_timestamp_seconds{job_name=\"graph\"} 1",
+        "tokenwarden_next_run_timestamp_seconds{job_name=\"graph\"} 1",
+        "tokenwarden_consecutive_failures{job_name=\"graph\"} 1",
+        "tokenwarden_build_info{version=",
     ] {
         assert!(
             metrics.body.contains(needle),
@@ -426,7 +442,7 @@ async fn admin_api_auth_status_trigger_and_metrics() {
     }
 
     // No body ever carries the token, the client secret or the admin token.
-    let new_token = f.get(ACCESS_TOKEN).unwrap();
+    let new_token = f.get(ACCESS_TOKEN).await.unwrap();
     for body in [jobs.body, r.body, metrics.body, one.to_string()] {
         for secret in [
             token.as_str(),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokenwarden::emulator::{self, Fault};
 use tokenwarden::outcome::{PluginError, Retry, RunError};
-use tokenwarden::store::unix_now;
+use tokenwarden::time::unix_now;
 use tokenwarden::{JobConfig, SecretStore};
 use tokenwarden_tests::*;
 
@@ -16,7 +16,7 @@ async fn run(job: &JobConfig, f: &Fixture) -> Result<tokenwarden::RunReport, Run
 #[tokio::test]
 async fn success_stores_an_accepted_token_with_its_expiry() {
     let emu = start_emulator().await;
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let report = run(&entra_job(&emu.authority()), &f).await.unwrap();
     let o = &report.outcome;
     assert_eq!(o.token_type, "Bearer");
@@ -30,10 +30,10 @@ async fn success_stores_an_accepted_token_with_its_expiry() {
     );
     assert_eq!(report.token_secret, ACCESS_TOKEN);
 
-    let stored = f.store.get(ACCESS_TOKEN).unwrap().unwrap();
+    let stored = f.store.get(ACCESS_TOKEN).await.unwrap().unwrap();
     assert_eq!(stored.meta.expires_at, Some(expires_at));
     assert!(stored.meta.updated_at.abs_diff(now) <= 2);
-    let token = f.get(ACCESS_TOKEN).unwrap();
+    let token = f.get(ACCESS_TOKEN).await.unwrap();
     assert_eq!(token.split('.').count(), 3, "JWT-shaped");
     assert_eq!(get_with_bearer(emu.addr, "/v1.0/me", &token).await, 200);
     assert_eq!(get_with_bearer(emu.addr, "/v1.0/me", "forged").await, 401);
@@ -44,9 +44,9 @@ async fn success_stores_an_accepted_token_with_its_expiry() {
 #[tokio::test]
 async fn wrong_secret_is_rejected_with_entra_diagnostics_and_keeps_the_old_token() {
     let emu = start_emulator().await;
-    let f = Fixture::new();
-    f.set(ACCESS_TOKEN, "previous-good-token");
-    f.set(CLIENT_SECRET, "wrong-secret-canary");
+    let f = Fixture::new().await;
+    f.set(ACCESS_TOKEN, "previous-good-token").await;
+    f.set(CLIENT_SECRET, "wrong-secret-canary").await;
     let err = run(&entra_job(&emu.authority()), &f).await.unwrap_err();
     assert_eq!(err.retry(), Retry::Permanent);
     let oauth = err.oauth().expect("an OAuth error").clone();
@@ -59,14 +59,18 @@ async fn wrong_secret_is_rejected_with_entra_diagnostics_and_keeps_the_old_token
     let text = format!("{err} {err:?}");
     assert!(text.contains("AADSTS7000215"), "{text}");
     assert!(!text.contains("wrong-secret-canary"), "{text}");
-    assert_eq!(f.get(ACCESS_TOKEN).as_deref(), Some("previous-good-token"));
+    assert_eq!(
+        f.get(ACCESS_TOKEN).await.as_deref(),
+        Some("previous-good-token")
+    );
 }
 
 #[tokio::test]
 async fn unknown_tenant_and_unknown_client_are_told_apart() {
     let emu = start_emulator().await;
-    let f = Fixture::new();
-    f.set(TENANT_ID, "00000000-0000-0000-0000-000000000000");
+    let f = Fixture::new().await;
+    f.set(TENANT_ID, "00000000-0000-0000-0000-000000000000")
+        .await;
     let err = run(&entra_job(&emu.authority()), &f).await.unwrap_err();
     let o = err.oauth().unwrap();
     assert_eq!(
@@ -74,8 +78,8 @@ async fn unknown_tenant_and_unknown_client_are_told_apart() {
         (400, "invalid_request", &[90002][..])
     );
 
-    let f = Fixture::new();
-    f.set(CLIENT_ID, "not-registered");
+    let f = Fixture::new().await;
+    f.set(CLIENT_ID, "not-registered").await;
     let err = run(&entra_job(&emu.authority()), &f).await.unwrap_err();
     let o = err.oauth().unwrap();
     assert_eq!(
@@ -88,8 +92,8 @@ async fn unknown_tenant_and_unknown_client_are_told_apart() {
 #[tokio::test]
 async fn throttling_and_server_errors_are_retryable_and_keep_the_token() {
     let emu = start_emulator().await;
-    let f = Fixture::new();
-    f.set(ACCESS_TOKEN, "previous-good-token");
+    let f = Fixture::new().await;
+    f.set(ACCESS_TOKEN, "previous-good-token").await;
     let job = entra_job(&emu.authority());
     emu.state.push_faults([
         Fault::Throttle {
@@ -123,18 +127,24 @@ async fn throttling_and_server_errors_are_retryable_and_keep_the_token() {
         Some("temporarily_unavailable")
     );
     assert_eq!(e.retry(), Retry::Retryable);
-    assert_eq!(f.get(ACCESS_TOKEN).as_deref(), Some("previous-good-token"));
+    assert_eq!(
+        f.get(ACCESS_TOKEN).await.as_deref(),
+        Some("previous-good-token")
+    );
     // The provider recovers.
     run(&job, &f).await.unwrap();
-    assert_ne!(f.get(ACCESS_TOKEN).as_deref(), Some("previous-good-token"));
+    assert_ne!(
+        f.get(ACCESS_TOKEN).await.as_deref(),
+        Some("previous-good-token")
+    );
 }
 
 #[tokio::test]
 async fn malformed_empty_or_missing_tokens_leave_the_stored_token_untouched() {
     let emu = start_emulator().await;
-    let f = Fixture::new();
-    f.set(ACCESS_TOKEN, "previous-good-token");
-    let before = f.store.get(ACCESS_TOKEN).unwrap().unwrap().meta;
+    let f = Fixture::new().await;
+    f.set(ACCESS_TOKEN, "previous-good-token").await;
+    let before = f.store.get(ACCESS_TOKEN).await.unwrap().unwrap().meta;
     let job = entra_job(&emu.authority());
     for fault in [Fault::Malformed, Fault::EmptyToken, Fault::MissingToken] {
         emu.state.push_faults([fault.clone()]);
@@ -143,8 +153,14 @@ async fn malformed_empty_or_missing_tokens_leave_the_stored_token_untouched() {
             matches!(e, PluginError::InvalidResponse(_)),
             "{fault:?}: {e:?}"
         );
-        assert_eq!(f.get(ACCESS_TOKEN).as_deref(), Some("previous-good-token"));
-        assert_eq!(f.store.get(ACCESS_TOKEN).unwrap().unwrap().meta, before);
+        assert_eq!(
+            f.get(ACCESS_TOKEN).await.as_deref(),
+            Some("previous-good-token")
+        );
+        assert_eq!(
+            f.store.get(ACCESS_TOKEN).await.unwrap().unwrap().meta,
+            before
+        );
     }
 }
 
@@ -156,19 +172,19 @@ async fn oversized_and_non_json_replies_are_invalid() {
         Scripted::json(200, "<html>hello</html>"),
     ])
     .await;
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let job = url_job(&server.url("/token"), "api");
     for _ in 0..2 {
         let e = plugin_error(run(&job, &f).await);
         assert!(matches!(e, PluginError::InvalidResponse(_)), "{e:?}");
     }
-    assert!(f.get(ACCESS_TOKEN).is_none());
+    assert!(f.get(ACCESS_TOKEN).await.is_none());
 }
 
 #[tokio::test]
 async fn a_non_allowed_origin_is_denied_before_any_request() {
     let server = ScriptedServer::start(vec![Scripted::json(200, r#"{"access_token":"t"}"#)]).await;
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let mut job = url_job(&server.url("/token"), "api");
     job.allowed_hosts =
         vec![tokenwarden::egress::Origin::parse("https://login.microsoftonline.com").unwrap()];
@@ -178,7 +194,7 @@ async fn a_non_allowed_origin_is_denied_before_any_request() {
         PluginError::EgressDenied(format!("http://{}", server.addr))
     );
     assert!(server.received().is_empty(), "a request reached the server");
-    assert!(f.get(ACCESS_TOKEN).is_none());
+    assert!(f.get(ACCESS_TOKEN).await.is_none());
 
     // https is not http: the same host and port under another scheme is another origin.
     job.allowed_hosts =
@@ -197,16 +213,16 @@ async fn generic_server_by_token_url_with_string_expiry_and_content_length() {
         r#"{"access_token":"generic-token","token_type":"bearer","expires_in":"120","scope":"api.read"}"#,
     )])
     .await;
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let mut job = url_job(&server.url("/oauth2/token"), "api.read");
     job.token_params
         .insert("audience".into(), "https://api.example".into());
     let report = run(&job, &f).await.unwrap();
     assert_eq!(report.outcome.expires_in, Some(120));
     assert_eq!(report.outcome.scope.as_deref(), Some("api.read"));
-    let stored = f.store.get(ACCESS_TOKEN).unwrap().unwrap();
+    let stored = f.store.get(ACCESS_TOKEN).await.unwrap().unwrap();
     assert_eq!(stored.meta.expires_at, report.outcome.expires_at);
-    assert_eq!(f.get(ACCESS_TOKEN).as_deref(), Some("generic-token"));
+    assert_eq!(f.get(ACCESS_TOKEN).await.as_deref(), Some("generic-token"));
 
     let got = server.received();
     assert_eq!(got.len(), 1);
@@ -232,7 +248,7 @@ async fn client_secret_basic_sends_rfc6749_credentials() {
         r#"{"access_token":"t","expires_in":60}"#,
     )])
     .await;
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let mut job = url_job(&server.url("/token"), "api");
     job.client_auth = tokenwarden::config::ClientAuth::ClientSecretBasic;
     run(&job, &f).await.unwrap();
@@ -267,7 +283,7 @@ async fn client_secret_basic_sends_rfc6749_credentials() {
 #[tokio::test]
 async fn token_url_job_against_the_emulator_stores_a_token_it_accepts() {
     let emu = start_emulator().await;
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let url = format!(
         "{}/{}/oauth2/v2.0/token",
         emu.authority(),
@@ -276,14 +292,14 @@ async fn token_url_job_against_the_emulator_stores_a_token_it_accepts() {
     let mut job = url_job(&url, SCOPE);
     job.secrets.tenant_id = None;
     run(&job, &f).await.unwrap();
-    let token = f.get(ACCESS_TOKEN).unwrap();
+    let token = f.get(ACCESS_TOKEN).await.unwrap();
     assert_eq!(get_with_bearer(emu.addr, "/v1.0/me", &token).await, 200);
 }
 
 #[tokio::test]
 async fn missing_secrets_are_typed_and_send_nothing() {
     let emu = start_emulator().await;
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let mut job = entra_job(&emu.authority());
     job.secrets.client_secret = "Never Stored".into();
     assert_eq!(
@@ -300,7 +316,7 @@ async fn transport_failures_and_slow_servers_are_retryable() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let job = url_job(&format!("http://127.0.0.1:{port}/token"), "api");
     let e = run(&job, &f).await.unwrap_err();
     assert!(
@@ -329,8 +345,8 @@ fn rogue_job(scope: &str) -> JobConfig {
 
 #[tokio::test]
 async fn unbound_or_read_only_roles_get_access_denied() {
-    let f = Fixture::new();
-    f.set("Other Job Secret", "not-yours");
+    let f = Fixture::new().await;
+    f.set("Other Job Secret", "not-yours").await;
     // A bound role is readable.
     let ok = run(&rogue_job("get:client-id"), &f).await.unwrap();
     assert_eq!(ok.outcome.token_type, "got:true");
@@ -352,18 +368,24 @@ async fn unbound_or_read_only_roles_get_access_denied() {
         PluginError::AccessDenied("client-secret".into())
     );
     assert_eq!(
-        f.get(CLIENT_SECRET).as_deref(),
+        f.get(CLIENT_SECRET).await.as_deref(),
         Some(emulator::DEMO_CLIENT_SECRET)
     );
-    assert_eq!(f.get("Other Job Secret").as_deref(), Some("not-yours"));
+    assert_eq!(
+        f.get("Other Job Secret").await.as_deref(),
+        Some("not-yours")
+    );
     // The write role is writable.
     run(&rogue_job("set:access-token"), &f).await.unwrap();
-    assert_eq!(f.get(ACCESS_TOKEN).as_deref(), Some("written-by-rogue"));
+    assert_eq!(
+        f.get(ACCESS_TOKEN).await.as_deref(),
+        Some("written-by-rogue")
+    );
 }
 
 #[tokio::test]
 async fn misbehaving_guests_fail_their_run_and_the_host_carries_on() {
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let mut looping = rogue_job("loop");
     looping.timeout = Duration::from_millis(500);
     let started = std::time::Instant::now();
@@ -419,7 +441,7 @@ async fn misbehaving_guests_fail_their_run_and_the_host_carries_on() {
 async fn connections_are_reused_across_runs_but_not_across_policies() {
     let reply = r#"{"access_token":"tok-1","token_type":"Bearer","expires_in":3600}"#;
     let server = ScriptedServer::start(vec![Scripted::json(200, reply)]).await;
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let job = url_job(&server.url("/token"), "api");
     for _ in 0..3 {
         run(&job, &f).await.unwrap();
@@ -441,13 +463,13 @@ async fn connections_are_reused_across_runs_but_not_across_policies() {
     let last = server.received().last().unwrap().peer;
     assert_ne!(last, peers[0], "a new connection for another policy");
 
-    assert_eq!(f.get(ACCESS_TOKEN).as_deref(), Some("tok-1"));
+    assert_eq!(f.get(ACCESS_TOKEN).await.as_deref(), Some("tok-1"));
 }
 
 #[tokio::test]
 async fn a_full_instance_pool_makes_runs_wait_within_their_timeout() {
     let emu = start_emulator().await;
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let one_slot = tokenwarden::Runtime::new(tokenwarden::RuntimeOptions {
         pooling: Some(tokenwarden::runtime::Pooling::for_runs(1, &[])),
         ..Default::default()

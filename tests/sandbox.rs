@@ -70,7 +70,7 @@ async fn run_on(
 async fn a_guest_cannot_reach_a_non_allowed_origin() {
     let allowed = ScriptedServer::start(vec![Scripted::json(200, "{}")]).await;
     let other = ScriptedServer::start(vec![Scripted::json(200, "{}")]).await;
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let origins = [format!("http://{}", allowed.addr)];
     let ok = run_on(
         runtime(),
@@ -95,7 +95,7 @@ async fn a_guest_cannot_reach_a_non_allowed_origin() {
 async fn a_name_resolving_to_loopback_is_refused_unless_the_address_is_allowed() {
     let server = ScriptedServer::start(vec![Scripted::json(200, "{}")]).await;
     let port = server.addr.port();
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let by_name = format!("http:http://localhost:{port}/x");
     let e = plugin_error(
         run_on(
@@ -127,7 +127,7 @@ async fn extreme_guest_timeouts_neither_panic_nor_escape_the_host_bound() {
     let mut slow = Scripted::json(200, "{}");
     slow.delay = Duration::from_secs(3);
     let server = ScriptedServer::start(vec![slow]).await;
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let origins = [format!("http://{}", server.addr)];
     for mode in ["http-zero-timeout", "http-huge-timeout", "http"] {
         let mut job = rogue(&format!("{mode}:{}", server.url("/")), &origins);
@@ -156,7 +156,7 @@ async fn header_floods_and_host_headers_are_refused() {
     let flood = run_on(
         runtime(),
         &rogue("header-flood:http://127.0.0.1:9/", &[]),
-        &Fixture::new(),
+        &Fixture::new().await,
     )
     .await;
     assert!(
@@ -175,7 +175,8 @@ async fn header_floods_and_host_headers_are_refused() {
         "connection=upgrade",
     ] {
         let mode = format!("header:{header}:{}", server.url("/"));
-        let e = plugin_error(run_on(runtime(), &rogue(&mode, &origins), &Fixture::new()).await);
+        let e =
+            plugin_error(run_on(runtime(), &rogue(&mode, &origins), &Fixture::new().await).await);
         assert!(
             matches!(e, PluginError::BadRequest(ref m) if m.contains("Forbidden")),
             "{header}: {e:?}"
@@ -186,7 +187,7 @@ async fn header_floods_and_host_headers_are_refused() {
     let ok = run_on(
         runtime(),
         &rogue(&format!("header:x-trace=1:{}", server.url("/")), &origins),
-        &Fixture::new(),
+        &Fixture::new().await,
     )
     .await;
     assert_eq!(ok.unwrap().outcome.token_type, "status:200");
@@ -194,22 +195,24 @@ async fn header_floods_and_host_headers_are_refused() {
     // A server flooding headers: the host refuses the response.
     let reply = Scripted::json(200, r#"{"access_token":"t"}"#).with_extra_headers(150);
     let server = ScriptedServer::start(vec![reply]).await;
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let e = plugin_error(run_on(runtime(), &url_job(&server.url("/token"), "api"), &f).await);
     assert!(matches!(e, PluginError::Transport(_)), "{e:?}");
-    assert!(f.get(ACCESS_TOKEN).is_none());
+    assert!(f.get(ACCESS_TOKEN).await.is_none());
 
     // A job's own lower header cap holds (hyper's default is 100): 30 headers pass the
     // default limits and fail a job allowing 20.
     let reply = Scripted::json(200, r#"{"access_token":"t"}"#).with_extra_headers(30);
     let server = ScriptedServer::start(vec![reply.clone(), reply]).await;
     let job = url_job(&server.url("/token"), "api");
-    run_on(runtime(), &job, &Fixture::new()).await.unwrap();
+    run_on(runtime(), &job, &Fixture::new().await)
+        .await
+        .unwrap();
     let mut strict = job;
     strict.limits.http.max_response_headers = 20;
     let e = plugin_error(run_on(runtime(), &strict, &f).await);
     assert!(matches!(e, PluginError::Transport(_)), "{e:?}");
-    assert!(f.get(ACCESS_TOKEN).is_none());
+    assert!(f.get(ACCESS_TOKEN).await.is_none());
 }
 
 #[tokio::test]
@@ -228,20 +231,20 @@ async fn response_bodies_over_the_host_cap_are_refused() {
     .await;
     for url in [declared.url("/token"), chunked.url("/token")] {
         let job = url_job(&url, "api");
-        let f = Fixture::new();
+        let f = Fixture::new().await;
         run_on(runtime(), &job, &f).await.unwrap();
-        assert_eq!(f.get(ACCESS_TOKEN).unwrap().len(), 24 * 1024, "{url}");
+        assert_eq!(f.get(ACCESS_TOKEN).await.unwrap().len(), 24 * 1024, "{url}");
 
         // A job allowing 16 KiB: refused, by the declared length or by the running count.
         let mut strict = job;
         strict.limits.http.max_response_body = 16 * 1024;
-        let f = Fixture::new();
+        let f = Fixture::new().await;
         let e = plugin_error(run_on(runtime(), &strict, &f).await);
         assert!(
             matches!(e, PluginError::Transport(ref m) if m.replace('-', " ").contains("body size")),
             "{url}: {e:?}"
         );
-        assert!(f.get(ACCESS_TOKEN).is_none(), "{url}");
+        assert!(f.get(ACCESS_TOKEN).await.is_none(), "{url}");
     }
 }
 
@@ -252,7 +255,7 @@ async fn redirects_are_not_followed() {
     let mut redirect = Scripted::json(302, "");
     redirect.headers.push(("location", target.url("/token")));
     let server = ScriptedServer::start(vec![redirect]).await;
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let mut job = url_job(&server.url("/token"), "api");
     job.allowed_hosts = vec![
         Origin::parse(&format!("http://{}", server.addr)).unwrap(),
@@ -268,8 +271,8 @@ async fn redirects_are_not_followed() {
 
 #[tokio::test]
 async fn resource_floods_and_huge_secrets_fail_the_run_only() {
-    let f = Fixture::new();
-    f.set(ACCESS_TOKEN, "previous-token");
+    let f = Fixture::new().await;
+    f.set(ACCESS_TOKEN, "previous-token").await;
     let e = run_on(runtime(), &rogue("handle-flood", &[]), &f)
         .await
         .unwrap_err();
@@ -279,7 +282,7 @@ async fn resource_floods_and_huge_secrets_fail_the_run_only() {
         matches!(e, PluginError::SecretStore(ref m) if m.contains("larger than")),
         "{e:?}"
     );
-    assert_eq!(f.get(ACCESS_TOKEN).as_deref(), Some("previous-token"));
+    assert_eq!(f.get(ACCESS_TOKEN).await.as_deref(), Some("previous-token"));
     // The host carries on.
     let emu = start_emulator().await;
     run_on(runtime(), &entra_job(&emu.authority()), &f)
@@ -289,7 +292,7 @@ async fn resource_floods_and_huge_secrets_fail_the_run_only() {
 
 #[tokio::test]
 async fn guest_output_goes_to_the_log_capped_and_scrubbed() {
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let mut job = rogue("leak", &[]);
     job.name = "leaky".into();
     run_on(runtime(), &job, &f).await.unwrap();
@@ -312,7 +315,7 @@ async fn guest_output_goes_to_the_log_capped_and_scrubbed() {
 #[tokio::test]
 async fn canary_no_secret_in_logs_errors_or_reports() {
     let emu = start_emulator().await;
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let job = entra_job(&emu.authority());
     let mut texts = Vec::new();
     let mut tokens = Vec::new();
@@ -323,15 +326,15 @@ async fn canary_no_secret_in_logs_errors_or_reports() {
         )),
         Err(e) => texts.push(format!(
             "{e} {e:?} {}",
-            tokenwarden::cli::failure_json("job", &e)
+            serde_json::to_string(&tokenwarden::daemon::ErrorRecord::of(&e)).unwrap()
         )),
     };
     record(run_on(runtime(), &job, &f).await, &mut texts);
-    tokens.push(f.get(ACCESS_TOKEN).unwrap());
+    tokens.push(f.get(ACCESS_TOKEN).await.unwrap());
     let mut basic = job.clone();
     basic.client_auth = tokenwarden::config::ClientAuth::ClientSecretBasic;
     record(run_on(runtime(), &basic, &f).await, &mut texts);
-    tokens.push(f.get(ACCESS_TOKEN).unwrap());
+    tokens.push(f.get(ACCESS_TOKEN).await.unwrap());
     for fault in [
         Fault::Status { status: 503 },
         Fault::Unavailable,
@@ -352,8 +355,8 @@ async fn canary_no_secret_in_logs_errors_or_reports() {
     let mut denied = job.clone();
     denied.allowed_hosts = vec![Origin::parse("https://login.microsoftonline.com").unwrap()];
     record(run_on(runtime(), &denied, &f).await, &mut texts);
-    let wrong = Fixture::new();
-    wrong.set(CLIENT_SECRET, "wrong-canary-secret-value");
+    let wrong = Fixture::new().await;
+    wrong.set(CLIENT_SECRET, "wrong-canary-secret-value").await;
     record(run_on(runtime(), &job, &wrong).await, &mut texts);
     for mode in ["leak", "leak-error", "leak-outcome"] {
         record(run_on(runtime(), &rogue(mode, &[]), &f).await, &mut texts);

@@ -87,7 +87,7 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let expected = match state.store.get(name) {
+    let expected = match state.store.get(name).await {
         Ok(Some(s)) => Some(s.value),
         Ok(None) => None,
         Err(e) => {
@@ -153,6 +153,12 @@ async fn refresh(State(state): State<AdminState>, Path(name): Path<String>) -> R
         Err(e @ TriggerError::ShuttingDown) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"error": "shutting_down", "message": e.to_string()})),
+        )
+            .into_response(),
+        Err(e @ TriggerError::Busy { .. }) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            Json(json!({"error": "busy", "message": e.to_string()})),
         )
             .into_response(),
     }

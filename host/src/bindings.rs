@@ -6,6 +6,7 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "tokenwarden:refresh/refresher",
+    imports: { "tokenwarden:refresh/secrets": async },
     exports: { default: async },
     with: {
         "wasi:http": wasmtime_wasi_http::p2::bindings::http,

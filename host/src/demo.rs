@@ -5,15 +5,15 @@
 //! still accepted by the emulator's protected resource.
 
 use crate::admin;
-use crate::cli::format_list;
 use crate::client::{get, post};
 use crate::config::{DaemonConfig, JobConfig, SecretRoles};
-use crate::daemon::{Daemon, RunEvent, Trigger};
+use crate::daemon::{Coordination, Daemon, RunEvent, Trigger};
 use crate::emulator::{self, Emulator, EmulatorConfig, Fault};
 use crate::runtime::{Runtime, RuntimeOptions};
 use crate::schedule::Policy;
+use crate::store::SecretStore;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{SecretStore, unix_now};
+use crate::time::unix_now;
 use anyhow::{Context, bail};
 use secrecy::{ExposeSecret, SecretString};
 use std::io::Write;
@@ -61,7 +61,9 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
         (TENANT_ID, emulator::DEMO_TENANT),
         (ADMIN_TOKEN, admin_token.as_str()),
     ] {
-        store.set(name, &SecretString::from(value.to_string()), None)?;
+        store
+            .set(name, &SecretString::from(value.to_string()), None)
+            .await?;
     }
     let mut job = JobConfig::new(
         "graph",
@@ -82,6 +84,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
             retry_max: Duration::from_secs(2),
             permanent_retry_initial: Duration::from_secs(3),
             permanent_retry_max: Duration::from_secs(6),
+            min_interval: Duration::from_secs(2),
             ..Policy::default()
         },
         ..DaemonConfig::default()
@@ -131,18 +134,24 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
 
     let store_dyn: Arc<dyn SecretStore> = store.clone();
     let started = Instant::now();
+    let coord = Coordination {
+        poll_interval: Duration::from_millis(250),
+        ..Coordination::default()
+    };
     let daemon = Daemon::start_jobs(
-        std::slice::from_ref(&job),
+        vec![job.clone()],
         &daemon_config,
+        coord,
         runtime,
         store_dyn.clone(),
-    )?;
+    )
+    .await?;
     let mut events = daemon.subscribe();
     let app = admin::router(daemon.clone(), store_dyn, Some(ADMIN_TOKEN));
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let token = || -> anyhow::Result<Option<SecretString>> {
-        Ok(store.get(ACCESS_TOKEN)?.map(|s| s.value))
+    let token = async || -> anyhow::Result<Option<SecretString>> {
+        Ok(store.get(ACCESS_TOKEN).await?.map(|s| s.value))
     };
     let mut stage = Stage::Warmup;
     let mut successes = 0u32;
@@ -157,7 +166,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
             _ = &mut deadline => bail!("the demo did not finish within {} s", DEADLINE.as_secs()),
         };
         let t = started.elapsed().as_secs_f32();
-        let current = token()?;
+        let current = token().await?;
         let accepted = current
             .as_ref()
             .is_some_and(|v| emulator.state.accepts(v.expose_secret()));
@@ -202,11 +211,13 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
                     manual_reply.status,
                     manual_reply.json()["ok"]
                 )?;
-                store.set(
-                    CLIENT_SECRET,
-                    &SecretString::from("a-wrong-secret".to_string()),
-                    None,
-                )?;
+                store
+                    .set(
+                        CLIENT_SECRET,
+                        &SecretString::from("a-wrong-secret".to_string()),
+                        None,
+                    )
+                    .await?;
                 writeln!(
                     out,
                     "         >> someone stores a wrong client secret with `tokenwarden secrets set`"
@@ -214,14 +225,16 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
                 Stage::WrongSecret
             }
             (Stage::WrongSecret, false) => {
-                store.set(
-                    CLIENT_SECRET,
-                    &SecretString::from(emulator::DEMO_CLIENT_SECRET.to_string()),
-                    None,
-                )?;
+                store
+                    .set(
+                        CLIENT_SECRET,
+                        &SecretString::from(emulator::DEMO_CLIENT_SECRET.to_string()),
+                        None,
+                    )
+                    .await?;
                 writeln!(
                     out,
-                    "         >> the operator sees the error (logs, /jobs, metrics) and fixes the secret"
+                    "         >> the operator sees the error (logs, /jobs, metrics) and fixes the secret;\n            the daemon notices the change and retries at once, not at its slow permanent-error pace"
                 )?;
                 Stage::Recovery
             }
@@ -249,13 +262,13 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
         "  GET /readyz: HTTP {ready}; GET /jobs/graph: {} runs, token expires in {} s, next run at {}",
         status["runs"],
         status["token_expires_in_seconds"],
-        crate::cli::rfc3339(status["next_run_at"].as_u64().unwrap_or_default())
+        crate::time::rfc3339(status["next_run_at"].as_u64().unwrap_or_default())
     )?;
     writeln!(
         out,
         "\n`tokenwarden secrets list` (names and dates, never values):"
     )?;
-    for line in format_list(&store.list()?, unix_now()).lines() {
+    for line in crate::report::secrets_table(&store.list().await?, unix_now()).lines() {
         writeln!(out, "  {line}")?;
     }
     writeln!(
@@ -271,6 +284,7 @@ fn describe(e: &RunEvent, t: f32, accepted: bool) -> String {
         Trigger::CatchUp => "catch-up".to_string(),
         Trigger::Schedule => "schedule".to_string(),
         Trigger::Manual => "manual".to_string(),
+        Trigger::SecretChanged => "fixed".to_string(),
         Trigger::Retry => format!("retry {}", r.attempt - 1),
     };
     let next = e

@@ -22,6 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 
+/// Where `tokenwarden emulator` listens by default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8421";
 /// Tenant the demo and the default emulator know.
 pub const DEMO_TENANT: &str = "8f3c2d1e-4b5a-4c6d-9e8f-0a1b2c3d4e5f";
 /// Client id the demo and the default emulator know.

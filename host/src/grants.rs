@@ -7,7 +7,7 @@
 
 use crate::bindings::secrets;
 use crate::config::SecretRoles;
-use crate::store::SecretStore;
+use crate::store::{Lease, SecretStore};
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
 
@@ -58,19 +58,30 @@ impl Grants {
 pub struct SecretsCtx {
     grants: Grants,
     store: Arc<dyn SecretStore>,
-    /// The roles the plugin wrote during this run, with the expiry it gave.
-    pub written: Vec<(&'static str, Option<u64>)>,
+    /// The job lease the run holds: the token write is fenced by it.
+    lease: Option<Lease>,
+    /// The latest expiry a written token may claim (Unix seconds).
+    max_expires_at: u64,
     /// Every value the plugin read or wrote, to scrub from anything it prints.
     seen: Vec<SecretString>,
 }
 
 impl SecretsCtx {
-    /// A context for one run.
-    pub fn new(grants: Grants, store: Arc<dyn SecretStore>) -> Self {
+    /// A context for one run. With `lease`, the token write succeeds only while the lease
+    /// is the job's current grant; a written token claims at most `max_token_lifetime`.
+    pub fn new(
+        grants: Grants,
+        store: Arc<dyn SecretStore>,
+        lease: Option<Lease>,
+        max_token_lifetime: std::time::Duration,
+    ) -> Self {
         Self {
             grants,
             store,
-            written: Vec::new(),
+            lease,
+            max_expires_at: crate::time::unix_now()
+                .saturating_add(max_token_lifetime.as_secs())
+                .min(crate::time::MAX_UNIX_SECS),
             seen: Vec::new(),
         }
     }
@@ -89,14 +100,14 @@ impl SecretsCtx {
 }
 
 impl secrets::Host for SecretsCtx {
-    fn get(&mut self, role: String) -> Result<Option<String>, secrets::Error> {
+    async fn get(&mut self, role: String) -> Result<Option<String>, secrets::Error> {
         let Some(grant) = self.grants.find(&role) else {
             // The role name is the plugin's text: scrub it like its output.
             tracing::warn!(role = %self.redact(&role), "plugin asked for a secret role its job does not bind");
             return Err(secrets::Error::AccessDenied(role));
         };
         tracing::debug!(role = grant.role, name = %grant.name, "plugin reads a secret");
-        match self.store.get(&grant.name) {
+        match self.store.get(&grant.name).await {
             Ok(found) => Ok(found.map(|s| {
                 let value = s.value.expose_secret().to_string();
                 self.seen.push(s.value);
@@ -106,14 +117,14 @@ impl secrets::Host for SecretsCtx {
         }
     }
 
-    fn set(
+    async fn set(
         &mut self,
         role: String,
         value: String,
         expires_at: Option<u64>,
     ) -> Result<(), secrets::Error> {
         let grant = match self.grants.find(&role) {
-            Some(g) if g.writable => g,
+            Some(g) if g.writable => g.clone(),
             _ => {
                 tracing::warn!(role = %self.redact(&role), "plugin tried to write a secret role it may not write");
                 return Err(secrets::Error::AccessDenied(role));
@@ -121,10 +132,22 @@ impl secrets::Host for SecretsCtx {
         };
         let value = SecretString::from(value);
         self.seen.push(value.clone());
-        self.store
-            .set(&grant.name, &value, expires_at)
-            .map_err(|e| secrets::Error::Unavailable(e.to_string()))?;
-        self.written.push((grant.role, expires_at));
-        Ok(())
+        let expires_at = expires_at.map(|e| {
+            if e > self.max_expires_at {
+                tracing::warn!(role = grant.role, name = %grant.name, "the token claims a lifetime beyond max_token_lifetime; its expiry is stored clamped");
+            }
+            e.min(self.max_expires_at)
+        });
+        let written = match &self.lease {
+            Some(lease) => {
+                self.store
+                    .set_fenced(&grant.name, &value, expires_at, lease)
+                    .await
+            }
+            None => self.store.set(&grant.name, &value, expires_at).await,
+        };
+        written
+            .map(drop)
+            .map_err(|e| secrets::Error::Unavailable(e.to_string()))
     }
 }

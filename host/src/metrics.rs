@@ -1,35 +1,160 @@
 //! Prometheus metrics of the daemon, all prefixed `tokenwarden_`.
+//!
+//! Per-job series are read from the daemon's job states at scrape time (a collector),
+//! so every job has its series from the start, a job costs no registry entries, and there
+//! is one home for each number. The job label is `job_name`: `job` is the label Prometheus
+//! itself puts on every scraped series. Runs are counted by `outcome` = `success`,
+//! `retryable` or `permanent`, so "needs a human" can be alerted on; the error class is a
+//! separate, job-less counter.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicI64;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct JobLabel {
-    job: String,
+/// A run's outcome as metrics count it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A token was stored.
+    Success = 0,
+    /// Failed; a retry can help.
+    Retryable = 1,
+    /// Failed; needs a human.
+    Permanent = 2,
+}
+
+impl Outcome {
+    const ALL: [(Outcome, &'static str); 3] = [
+        (Outcome::Success, "success"),
+        (Outcome::Retryable, "retryable"),
+        (Outcome::Permanent, "permanent"),
+    ];
+
+    /// Its label value.
+    pub fn label(self) -> &'static str {
+        Self::ALL[self as usize].1
+    }
+}
+
+/// What a job contributes to a scrape.
+#[derive(Clone, Debug, Default)]
+pub struct JobSample {
+    /// Job name.
+    pub name: String,
+    /// Unix seconds the stored token expires at; 0 when there is none.
+    pub token_expiry: u64,
+    /// Unix seconds of the next planned run.
+    pub next_run: u64,
+    /// Failed runs since the last success.
+    pub failures: u32,
+    /// Unix seconds the token was last written (by a successful run of any process, or by
+    /// hand); 0 for none.
+    pub last_success: u64,
+    /// Runs by this process, by [`Outcome`].
+    pub runs: [u64; 3],
+}
+
+/// Where the per-job samples come from at scrape time.
+pub trait JobSamples: Send + Sync + std::fmt::Debug + 'static {
+    /// Calls `f` with every job's sample.
+    fn each(&self, f: &mut dyn FnMut(&JobSample));
+}
+
+#[derive(Debug)]
+struct PerJob<S>(S);
+
+type NoExemplar = Option<&'static Exemplar<prometheus_client::encoding::NoLabelSet, u64>>;
+
+impl<S: JobSamples> Collector for PerJob<S> {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let gauges: [(&str, &str, fn(&JobSample) -> i64); 4] = [
+            (
+                "token_expiry_timestamp_seconds",
+                "Unix time at which the stored token expires (0: no token)",
+                |s| i64::try_from(s.token_expiry).unwrap_or(i64::MAX),
+            ),
+            (
+                "next_run_timestamp_seconds",
+                "Unix time of the next planned run",
+                |s| i64::try_from(s.next_run).unwrap_or(i64::MAX),
+            ),
+            (
+                "consecutive_failures",
+                "Failed runs since the last success",
+                |s| i64::from(s.failures),
+            ),
+            (
+                "last_success_timestamp_seconds",
+                "Unix time the token was last stored, by a successful run of any process (0: none yet)",
+                |s| i64::try_from(s.last_success).unwrap_or(i64::MAX),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            let mut err = Ok(());
+            self.0.each(&mut |s| {
+                if err.is_ok() {
+                    err = family
+                        .encode_family(&[("job_name", s.name.as_str())])
+                        .and_then(|m| ConstGauge::new(value(s)).encode(m));
+                }
+            });
+            err?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "runs",
+            "Runs by this process, by job and outcome (success, retryable or permanent failure)",
+            None,
+            MetricType::Counter,
+        )?;
+        let mut err = Ok(());
+        self.0.each(&mut |s| {
+            for (outcome, label) in Outcome::ALL {
+                if err.is_ok() {
+                    err = family
+                        .encode_family(&[("job_name", s.name.as_str()), ("outcome", label)])
+                        .and_then(|mut m| {
+                            m.encode_counter(&s.runs[outcome as usize], NoExemplar::None)
+                        });
+                }
+            }
+        });
+        err
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RunLabels {
-    job: String,
+struct ErrorLabels {
+    class: String,
+    retry: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
     outcome: String,
 }
 
-type HistogramFamily = Family<JobLabel, Histogram, fn() -> Histogram>;
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ComponentLabel {
+    component: String,
+}
+
+type HistogramFamily = Family<OutcomeLabel, Histogram, fn() -> Histogram>;
 
 /// The daemon's metrics and their registry.
 pub struct Metrics {
     registry: Registry,
-    runs: Family<RunLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
     duration: HistogramFamily,
-    expiry: Family<JobLabel, Gauge<i64, AtomicI64>>,
-    next_run: Family<JobLabel, Gauge<i64, AtomicI64>>,
-    failures: Family<JobLabel, Gauge<i64, AtomicI64>>,
     lateness: Histogram,
+    internal: Family<ComponentLabel, Counter>,
+    store_errors: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -43,97 +168,114 @@ fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+impl Metrics {
+    /// The registry, with per-job series read from `jobs` at every scrape.
+    pub fn new(jobs: impl JobSamples) -> Self {
         let mut registry = Registry::with_prefix("tokenwarden");
-        let runs = Family::<RunLabels, Counter>::default();
         registry.register(
-            "runs",
-            "Runs by job and outcome (success or the error class)",
-            runs.clone(),
+            "build",
+            "This tokenwarden build",
+            Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION").to_string()),
+                ("wasmtime", crate::runtime::WASMTIME_VERSION.to_string()),
+            ]),
+        );
+        let errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "run_errors",
+            "Failed runs by this process, by error class",
+            errors.clone(),
         );
         let duration = HistogramFamily::new_with_constructor(duration_histogram);
         registry.register(
             "run_duration_seconds",
-            "Wall-clock duration of runs",
+            "Wall-clock duration of runs by this process, by outcome",
             duration.clone(),
         );
-        let expiry = Family::default();
-        registry.register(
-            "token_expiry_timestamp_seconds",
-            "Unix time at which the stored token expires",
-            expiry.clone(),
-        );
-        let next_run = Family::default();
-        registry.register(
-            "next_run_timestamp_seconds",
-            "Unix time of the next scheduled run",
-            next_run.clone(),
-        );
-        let failures = Family::default();
-        registry.register(
-            "consecutive_failures",
-            "Failed runs since the last success",
-            failures.clone(),
-        );
-        // Across jobs: with thousands of jobs a per-job histogram would dominate the output.
+        for (_, label) in Outcome::ALL {
+            let _ = duration.get_or_create(&OutcomeLabel {
+                outcome: label.into(),
+            });
+        }
         let lateness = Histogram::new(exponential_buckets(0.001, 2.0, 18));
         registry.register(
             "run_lateness_seconds",
-            "How long scheduled runs started after they were due (waiting for a run slot)",
+            "How long planned runs started after they were due (waiting for a run slot)",
             lateness.clone(),
         );
+        let internal = Family::<ComponentLabel, Counter>::default();
+        registry.register(
+            "internal_errors",
+            "Panics caught and recovered from, by component (each is a bug: please report it)",
+            internal.clone(),
+        );
+        for c in ["run", "scheduler", "change-feed"] {
+            let _ = internal.get_or_create(&ComponentLabel {
+                component: c.into(),
+            });
+        }
+        let store_errors = Counter::default();
+        registry.register(
+            "store_errors",
+            "Calls to the secret store that failed because it was unavailable",
+            store_errors.clone(),
+        );
+        registry.register_collector(Box::new(PerJob(jobs)));
         Self {
             registry,
-            runs,
+            errors,
             duration,
-            expiry,
-            next_run,
-            failures,
             lateness,
+            internal,
+            store_errors,
         }
     }
-}
 
-fn label(job: &str) -> JobLabel {
-    JobLabel {
-        job: job.to_string(),
+    /// Records a finished run of this process.
+    pub fn run(&self, record: &crate::daemon::RunRecord) {
+        let outcome = Self::outcome(record);
+        if let Some(e) = &record.error {
+            self.errors
+                .get_or_create(&ErrorLabels {
+                    class: e.class.clone(),
+                    retry: e.retry.to_string(),
+                })
+                .inc();
+        }
+        self.duration
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.label().into(),
+            })
+            .observe(record.duration_ms as f64 / 1000.0);
+        if let Some(l) = record.lateness_ms {
+            self.lateness.observe(l as f64 / 1000.0);
+        }
     }
-}
 
-fn secs(t: u64) -> i64 {
-    i64::try_from(t).unwrap_or(i64::MAX)
-}
+    /// How a record counts.
+    pub fn outcome(record: &crate::daemon::RunRecord) -> Outcome {
+        match &record.error {
+            None => Outcome::Success,
+            Some(e) if e.retry == crate::outcome::Retry::Retryable => Outcome::Retryable,
+            Some(_) => Outcome::Permanent,
+        }
+    }
 
-impl Metrics {
-    /// Records a finished run.
-    pub fn run(&self, job: &str, outcome: &str, seconds: f64) {
-        self.runs
-            .get_or_create(&RunLabels {
-                job: job.to_string(),
-                outcome: outcome.to_string(),
+    /// Counts a caught panic in `component`.
+    pub fn internal_error(&self, component: &str) {
+        self.internal
+            .get_or_create(&ComponentLabel {
+                component: component.into(),
             })
             .inc();
-        self.duration.get_or_create(&label(job)).observe(seconds);
     }
 
-    /// Records how late a scheduled run started.
-    pub fn lateness(&self, seconds: f64) {
-        self.lateness.observe(seconds);
+    /// Counts a failed call to an unavailable store.
+    pub fn store_error(&self) {
+        self.store_errors.inc();
     }
 
-    /// Sets a job's gauges.
-    pub fn job_state(&self, job: &str, expires_at: Option<u64>, next_run: u64, failures: u32) {
-        if let Some(e) = expires_at {
-            self.expiry.get_or_create(&label(job)).set(secs(e));
-        }
-        self.next_run.get_or_create(&label(job)).set(secs(next_run));
-        self.failures
-            .get_or_create(&label(job))
-            .set(i64::from(failures));
-    }
-
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

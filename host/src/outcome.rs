@@ -4,11 +4,11 @@
 //! the admin API and carry the retry decision (DESIGN §2: decide on status and `error`,
 //! never on AADSTS numbers).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// A successful run: the token was stored.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
     /// `token_type`, e.g. `Bearer`.
     pub token_type: String,
@@ -25,7 +25,7 @@ pub struct Outcome {
 }
 
 /// An OAuth error reply (RFC 6749 §5.2) with Entra's diagnostics.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OAuthError {
     /// HTTP status.
     pub status: u16,
@@ -115,6 +115,12 @@ pub enum RunError {
     /// The job's configuration cannot run (e.g. an invalid allow-list).
     #[error("job configuration: {0}")]
     Config(String),
+    /// The secret store could not be reached to take the job's lease.
+    #[error("secret store unavailable: {0}")]
+    Store(String),
+    /// A bug: the run panicked. The job carries on and retries.
+    #[error("internal error (a bug; please report it): {0}")]
+    Internal(String),
 }
 
 impl PluginError {
@@ -144,7 +150,7 @@ impl PluginError {
 }
 
 /// How the scheduler should react to a failure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Retry {
     /// Likely to succeed soon: back off and retry.
@@ -176,7 +182,9 @@ impl RunError {
                 | PluginError::ServerError(_)
                 | PluginError::SecretStore(_),
             )
-            | RunError::Timeout(_) => Retry::Retryable,
+            | RunError::Timeout(_)
+            | RunError::Store(_)
+            | RunError::Internal(_) => Retry::Retryable,
             RunError::Plugin(PluginError::Rejected(e))
                 if e.status >= 500 || RETRYABLE_OAUTH.contains(&e.error.as_str()) =>
             {
@@ -205,6 +213,8 @@ impl RunError {
             RunError::Timeout(_) => "timeout",
             RunError::Component(_) => "component",
             RunError::Config(_) => "config",
+            RunError::Store(_) => "store-unavailable",
+            RunError::Internal(_) => "internal",
         }
     }
 

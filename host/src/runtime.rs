@@ -13,7 +13,7 @@ use crate::egress::send::NetTransport;
 use crate::egress::{EgressPolicy, Transport};
 use crate::grants::{Grants, SecretsCtx};
 use crate::outcome::{OAuthError, Outcome, PluginError, RunError};
-use crate::store::SecretStore;
+use crate::store::{Lease, SecretStore};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -25,6 +25,9 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// The component built into this binary (see `build.rs`).
 pub static BUILTIN_COMPONENT: &[u8] = include_bytes!(env!("TOKENWARDEN_PLUGIN_WASM"));
+
+/// The wasmtime version this binary was built with.
+pub const WASMTIME_VERSION: &str = env!("TOKENWARDEN_WASMTIME_VERSION");
 
 /// How often the epoch advances; deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -378,6 +381,17 @@ impl Runtime {
         job: &JobConfig,
         store: Arc<dyn SecretStore>,
     ) -> Result<RunReport, RunError> {
+        self.run_with_lease(job, store, None).await
+    }
+
+    /// Runs `job` once under `lease`: the token write succeeds only while the lease is
+    /// still the job's current grant (see [`crate::store::SecretStore::set_fenced`]).
+    pub async fn run_with_lease(
+        &self,
+        job: &JobConfig,
+        store: Arc<dyn SecretStore>,
+        lease: Option<Lease>,
+    ) -> Result<RunReport, RunError> {
         let started = Instant::now();
         tracing::debug!(job = %job.name, plugin = ?job.plugin, "run starting");
         let pre = self.pre_for(job.plugin.as_deref())?;
@@ -410,7 +424,12 @@ impl Runtime {
             http: WasiHttpCtx::new(),
             table,
             egress: EgressPolicy::new(allowed, job.limits.http, self.transport.clone()),
-            secrets: SecretsCtx::new(Grants::from_roles(&job.secrets), store),
+            secrets: SecretsCtx::new(
+                Grants::from_roles(&job.secrets),
+                store,
+                lease,
+                job.limits.max_token_lifetime,
+            ),
             limits: StoreLimitsBuilder::new()
                 .memory_size(job.limits.max_memory)
                 .table_elements(job.limits.max_table_elements)
@@ -466,8 +485,17 @@ impl Runtime {
             Ok(o) => Ok(RunReport {
                 outcome: Outcome {
                     token_type: scrub(o.token_type),
-                    expires_in: o.expires_in,
-                    expires_at: o.expires_at,
+                    // The same bound the token's stored expiry got (see `grants`).
+                    expires_in: o
+                        .expires_in
+                        .map(|s| s.min(job.limits.max_token_lifetime.as_secs())),
+                    expires_at: o.expires_at.map(|at| {
+                        at.min(
+                            crate::time::unix_now()
+                                .saturating_add(job.limits.max_token_lifetime.as_secs())
+                                .min(crate::time::MAX_UNIX_SECS),
+                        )
+                    }),
                     ext_expires_in: o.ext_expires_in,
                     refresh_in: o.refresh_in,
                     scope: o.scope.map(scrub),

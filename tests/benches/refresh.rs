@@ -72,9 +72,10 @@ where
     F: FnOnce(oauth::HttpRequest) -> Fut,
     Fut: Future<Output = oauth::HttpReply>,
 {
-    let read = |name: &str| {
+    let read = async |name: &str| {
         store
             .get(name)
+            .await
             .unwrap()
             .unwrap()
             .value
@@ -82,10 +83,10 @@ where
             .to_string()
     };
     let creds = oauth::Credentials {
-        client_id: read(CLIENT_ID),
-        client_secret: read(CLIENT_SECRET),
+        client_id: read(CLIENT_ID).await,
+        client_secret: read(CLIENT_SECRET).await,
     };
-    let _tenant = read(TENANT_ID);
+    let _tenant = read(TENANT_ID).await;
     let req = oauth::Request {
         scope: "https://graph.microsoft.com/.default".into(),
         authority: None,
@@ -96,13 +97,14 @@ where
     let endpoint = oauth::endpoint(&req, None).unwrap();
     let http = oauth::build_request(&req, endpoint, &creds).unwrap();
     let reply = exchange(http).await;
-    let token = oauth::parse_reply(&reply, tokenwarden::store::unix_now()).unwrap();
+    let token = oauth::parse_reply(&reply, tokenwarden::time::unix_now()).unwrap();
     store
         .set(
             ACCESS_TOKEN,
             &SecretString::from(token.access_token),
             token.outcome.expires_at,
         )
+        .await
         .unwrap();
 }
 
@@ -276,8 +278,8 @@ fn main() {
     let memory: Arc<dyn SecretStore> = Arc::new(MemoryStore::default());
     let sqlite: Arc<dyn SecretStore> =
         Arc::new(SqliteStore::open(&dir.path().join("bench.db")).unwrap());
-    seed_client_secrets(&*memory);
-    seed_client_secrets(&*sqlite);
+    rt.block_on(seed_client_secrets(&*memory));
+    rt.block_on(seed_client_secrets(&*sqlite));
     let canned_reply = || async {
         oauth::HttpReply {
             status: 200,

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokenwarden::config::DaemonConfig;
-use tokenwarden::daemon::Daemon;
+use tokenwarden::daemon::{Coordination, Daemon};
 use tokenwarden::runtime::Pooling;
 use tokenwarden::{JobConfig, Runtime, RuntimeOptions, SecretStore, SqliteStore};
 use tokenwarden_tests::SCOPE;
@@ -150,7 +150,7 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(&dir.path().join("data/tw.db")).unwrap());
-    tokenwarden_tests::seed_client_secrets(&*store);
+    rt.block_on(tokenwarden_tests::seed_client_secrets(&*store));
     let authority = format!("http://127.0.0.1:{port}");
     let jobs: Vec<JobConfig> = (0..n)
         .map(|i| {
@@ -179,7 +179,15 @@ fn main() {
     let started = Instant::now();
     let daemon = rt.block_on(async {
         let store: Arc<dyn SecretStore> = store.clone();
-        Daemon::start_jobs(&jobs, &daemon_config, runtime, store).unwrap()
+        Daemon::start_jobs(
+            jobs.clone(),
+            &daemon_config,
+            Coordination::default(),
+            runtime,
+            store,
+        )
+        .await
+        .unwrap()
     });
 
     // Catch-up: every job runs once at start; done when every job holds a valid token.

@@ -5,7 +5,8 @@ use secrecy::SecretString;
 use std::io::Write;
 use tokenwarden::SecretStore;
 
-fn main() {
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
     let path = std::env::args().nth(1).expect("usage: store-writer STORE");
     let store = tokenwarden::SqliteStore::open(std::path::Path::new(&path)).expect("open");
     let padding = "p".repeat(4096);
@@ -13,7 +14,7 @@ fn main() {
     for round in 0u64.. {
         for name in ["a", "b", "c"] {
             let value = SecretString::from(format!("{name}-{round}-{padding}"));
-            store.set(name, &value, Some(round)).expect("set");
+            store.set(name, &value, Some(round)).await.expect("set");
         }
         writeln!(out, "{round}").expect("stdout");
         out.flush().expect("stdout");

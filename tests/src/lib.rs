@@ -45,14 +45,8 @@ pub struct Fixture {
     pub store: Arc<SqliteStore>,
 }
 
-impl Default for Fixture {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// Stores the emulator's demo client id, secret and tenant under the fixture names.
-pub fn seed_client_secrets(store: &dyn SecretStore) {
+pub async fn seed_client_secrets(store: &dyn SecretStore) {
     for (name, value) in [
         (CLIENT_ID, emulator::DEMO_CLIENT_ID),
         (CLIENT_SECRET, emulator::DEMO_CLIENT_SECRET),
@@ -60,6 +54,7 @@ pub fn seed_client_secrets(store: &dyn SecretStore) {
     ] {
         store
             .set(name, &SecretString::from(value.to_string()), None)
+            .await
             .expect("set");
     }
 }
@@ -75,22 +70,24 @@ pub fn plugin_error(
 }
 
 impl Fixture {
-    pub fn new() -> Self {
+    pub async fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(SqliteStore::open(&dir.path().join("data/tw.db")).expect("store"));
-        seed_client_secrets(&*store);
+        seed_client_secrets(&*store).await;
         Self { dir, store }
     }
 
-    pub fn set(&self, name: &str, value: &str) {
+    pub async fn set(&self, name: &str, value: &str) {
         self.store
             .set(name, &SecretString::from(value.to_string()), None)
+            .await
             .expect("set");
     }
 
-    pub fn get(&self, name: &str) -> Option<String> {
+    pub async fn get(&self, name: &str) -> Option<String> {
         self.store
             .get(name)
+            .await
             .expect("get")
             .map(|s| s.value.expose_secret().to_string())
     }

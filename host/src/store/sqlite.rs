@@ -1,51 +1,124 @@
-//! The embedded default store: one SQLite file in WAL mode, values sealed with AES-256-GCM
-//! ([`super::crypto`]).
+//! The embedded default store: one SQLite file in WAL mode, for the processes of one
+//! machine (the CLI beside a daemon, several daemons).
 //!
-//! SQLite gives the atomic, durable, multi-process writes DESIGN §7 asks for: each `set` is
-//! one transaction, `synchronous = FULL` makes a committed write survive power loss, and
-//! `busy_timeout` lets the CLI write while the daemon runs. The folder is created 0700 and
-//! the file 0600 before SQLite opens it; SQLite gives its `-wal`/`-shm` files the same mode.
+//! Isolation and durability: every write is one `BEGIN IMMEDIATE` transaction, so writers
+//! are serialised by SQLite's write lock across processes; `synchronous = FULL` makes a
+//! committed write survive power loss; readers never block writers (WAL). The folder is
+//! created 0700 and the file 0600 before SQLite opens it; SQLite gives its `-wal`/`-shm`
+//! files the same mode. Calls run on tokio's blocking pool, so a write waiting for another
+//! process's lock (up to [`BUSY_TIMEOUT`]) never stalls the daemon's other work.
+//!
+//! Schema 2 (this file migrates schema 1, whose values were sealed under the master key
+//! directly): `secrets` (sealed value, data key version, revision), `data_keys`,
+//! `tombstones` (deletions, for the change feed), `jobs` (leases and shared plans),
+//! `members` and `state` (the revision counter).
 
-use super::crypto::{self, StoreKey};
-use super::{SecretMeta, SecretStore, StoreError, StoredSecret, check_entry, unix_now};
+use super::crypto::{Cipher, secret_aad};
+use super::keys::{DataKeys, KeySource, MasterKeys, RotationLock, WrappedKey};
+use super::{
+    Acquired, Changes, JobRow, JobUpdate, Lease, LeaseMode, Member, Rotation, SecretMeta,
+    SecretStore, StoreError, StoredSecret, check_entry,
+};
+use crate::time::{unix_now, unix_now_ms};
+use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use secrecy::{ExposeSecret, SecretString};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// How long a writer waits for another process's transaction.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a writer waits for another process's transaction before reporting the store
+/// unavailable (a retryable error).
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Schema version in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
-/// Name under which the key check value is sealed in the `meta` table.
-const KEY_CHECK: &str = "\0key-check";
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS secrets (
+    name TEXT PRIMARY KEY NOT NULL,
+    value BLOB NOT NULL,
+    updated_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    key_version INTEGER NOT NULL DEFAULT 0,
+    revision INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE TABLE IF NOT EXISTS data_keys (
+    version INTEGER PRIMARY KEY,
+    master_id TEXT NOT NULL,
+    wrapped BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS tombstones (
+    name TEXT PRIMARY KEY NOT NULL,
+    revision INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS jobs (
+    name TEXT PRIMARY KEY NOT NULL,
+    fence INTEGER NOT NULL,
+    lease_owner TEXT,
+    lease_until_ms INTEGER NOT NULL,
+    next_due_ms INTEGER,
+    failures INTEGER NOT NULL,
+    last_run TEXT,
+    revision INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS members (
+    id TEXT PRIMARY KEY NOT NULL,
+    started_ms INTEGER NOT NULL,
+    seen_ms INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    revision INTEGER NOT NULL
+) STRICT;
+INSERT OR IGNORE INTO state (id, revision) VALUES (1, 0);
+";
 
-/// Where the store key comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KeySource {
-    /// `$TOKENWARDEN_STORE_KEY`.
-    Env,
-    /// A key file.
-    File(PathBuf),
+/// Indexes created after a schema 1 table gained its columns.
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS secrets_by_revision ON secrets (revision);
+CREATE INDEX IF NOT EXISTS secrets_by_key ON secrets (key_version);
+CREATE INDEX IF NOT EXISTS jobs_by_revision ON jobs (revision);
+CREATE INDEX IF NOT EXISTS tombstones_by_revision ON tombstones (revision);
+";
+
+/// Schema 1's name for its key check value (sealed under the master key itself).
+const LEGACY_KEY_CHECK: &str = "\0key-check";
+
+/// The SQLite-backed store. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
 }
 
-/// The SQLite-backed store.
-pub struct SqliteStore {
+struct Inner {
     path: PathBuf,
-    conn: Mutex<Connection>,
-    key: std::sync::RwLock<StoreKey>,
+    /// `None` for a store opened read-only.
+    write: Option<Mutex<Connection>>,
+    read: Mutex<Connection>,
+    master: Option<MasterKeys>,
     key_source: KeySource,
+    data: DataKeys,
 }
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore")
-            .field("path", &self.path)
+            .field("path", &self.inner.path)
+            .field("read_only", &self.inner.write.is_none())
             .finish()
     }
+}
+
+type Sql<T> = rusqlite::Result<T>;
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 impl SqliteStore {
@@ -56,623 +129,997 @@ impl SqliteStore {
         path.with_file_name(name)
     }
 
-    /// Opens the store at `path`, creating the folder (0700), file (0600) and key as needed.
-    /// The key comes from `$TOKENWARDEN_STORE_KEY` when set, else from `<store>.key`.
+    /// Opens (creating as needed) the store at `path` with the master key from
+    /// `$TOKENWARDEN_STORE_KEY`, else `<store>.key`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        match std::env::var(crypto::KEY_ENV) {
-            Ok(text) => {
-                let key = StoreKey::parse(&text, &format!("${}", crypto::KEY_ENV))?;
-                Self::open_with(path, key, KeySource::Env)
-            }
-            Err(_) => {
-                let file = Self::key_file_for(path);
-                let conn = Self::open_db(path)?;
-                let key = if file.exists() {
-                    StoreKey::read(&file)?
-                } else {
-                    let count: i64 = conn
-                        .query_row("SELECT count(*) FROM secrets", [], |r| r.get(0))
-                        .map_err(|e| backend(path, e))?;
-                    if count > 0 {
-                        return Err(StoreError::Backend {
-                            path: path.display().to_string(),
-                            message: format!(
-                                "the store holds secrets but its key file {} is missing (or set ${})",
-                                file.display(),
-                                crypto::KEY_ENV
-                            ),
-                        });
-                    }
-                    let (key, text) = StoreKey::generate();
-                    crypto::write_key_file(&file, &text)?;
-                    key
-                };
-                Self::finish_open(path, conn, key, KeySource::File(file))
-            }
-        }
+        Self::open_with(path, KeySource::env_or_file(Self::key_file_for(path)))
     }
 
-    /// Opens the store with an explicit key.
-    pub fn open_with(path: &Path, key: StoreKey, source: KeySource) -> Result<Self, StoreError> {
-        let conn = Self::open_db(path)?;
-        Self::finish_open(path, conn, key, source)
-    }
-
-    fn finish_open(
-        path: &Path,
-        conn: Connection,
-        key: StoreKey,
-        key_source: KeySource,
-    ) -> Result<Self, StoreError> {
-        let check: Option<Vec<u8>> = conn
-            .query_row("SELECT value FROM meta WHERE name = ?1", [KEY_CHECK], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(|e| backend(path, e))?;
-        let key = match check {
-            None => {
-                conn.execute(
-                    "INSERT INTO meta (name, value) VALUES (?1, ?2)",
-                    params![KEY_CHECK, key.seal(KEY_CHECK, b"tokenwarden")],
-                )
-                .map_err(|e| backend(path, e))?;
-                key
-            }
-            Some(sealed) if key.open(KEY_CHECK, &sealed).is_some() => key,
-            Some(sealed) => {
-                recover_rotation(&key_source, &sealed).ok_or_else(|| StoreError::WrongKey {
-                    path: path.display().to_string(),
-                })?
-            }
+    /// Opens (creating as needed) the store at `path` with the master key from `source`.
+    /// Creating the store, its key file, its first data key and migrating an older schema
+    /// happen under the database's write lock, so concurrent first uses agree.
+    pub fn open_with(path: &Path, source: KeySource) -> Result<Self, StoreError> {
+        prepare_file(path)?;
+        let mut write = connect(path, false)?;
+        let read = connect(path, false)?;
+        let master = MasterKeys::load(&source)?;
+        let master = upgrade(&mut write, path, master, &source)?;
+        let store = Self {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                write: Some(Mutex::new(write)),
+                read: Mutex::new(read),
+                master: Some(master),
+                key_source: source,
+                data: DataKeys::default(),
+            }),
         };
-        Ok(Self {
-            path: path.to_path_buf(),
-            conn: Mutex::new(conn),
-            key: std::sync::RwLock::new(key),
-            key_source,
-        })
+        store.inner.check_master()?;
+        Ok(store)
     }
 
-    fn open_db(path: &Path) -> Result<Connection, StoreError> {
-        let io = |p: &Path| {
-            let p = p.display().to_string();
-            move |source| StoreError::Io { path: p, source }
-        };
-        if let Some(dir) = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-        {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(io(dir))?;
+    /// Opens an existing store for reading only: no file, folder or key is created, and
+    /// neither write access to the store nor (for metadata) the master key is needed.
+    pub fn open_read_only(path: &Path, source: KeySource) -> Result<Self, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Invalid(format!(
+                "no secret store at {} yet: store a secret first (`tokenwarden secrets set NAME`)",
+                path.display()
+            )));
         }
-        // Create the file ourselves so that it is never, even briefly, readable by others.
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io(path))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io(path))?;
-
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| backend(path, e))?;
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(|e| backend(path, e))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| backend(path, e))?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(|e| backend(path, e))?;
-        let version: i64 = conn
+        let read = connect(path, true)?;
+        let version: i64 = read
             .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(|e| backend(path, e))?;
-        if version > SCHEMA_VERSION {
+            .map_err(|e| sql_err(path, e))?;
+        if version != SCHEMA_VERSION {
             return Err(StoreError::Backend {
-                path: path.display().to_string(),
+                store: path.display().to_string(),
                 message: format!(
-                    "schema version {version} is newer than this tokenwarden understands ({SCHEMA_VERSION})"
+                    "schema version {version}, this tokenwarden reads {SCHEMA_VERSION}: open it once for writing (e.g. `tokenwarden secrets list` as its owner) to upgrade it"
                 ),
             });
         }
-        conn.execute_batch(
-            "BEGIN IMMEDIATE;
-             CREATE TABLE IF NOT EXISTS secrets (
-                 name TEXT PRIMARY KEY NOT NULL,
-                 value BLOB NOT NULL,
-                 updated_at INTEGER NOT NULL,
-                 expires_at INTEGER
-             ) STRICT;
-             CREATE TABLE IF NOT EXISTS meta (
-                 name TEXT PRIMARY KEY NOT NULL,
-                 value BLOB NOT NULL
-             ) STRICT;
-             PRAGMA user_version = 1;
-             COMMIT;",
-        )
-        .map_err(|e| backend(path, e))?;
-        Ok(conn)
-    }
-
-    /// Where the key comes from.
-    pub fn key_source(&self) -> &KeySource {
-        &self.key_source
-    }
-
-    /// Re-encrypts every secret under a new random key and replaces the key file. Crash-safe:
-    /// the new key is written to `<key>.new` first, the store is re-encrypted in one
-    /// transaction, then the file is renamed; an interrupted rotation is completed on the
-    /// next open. Keys from `$TOKENWARDEN_STORE_KEY` cannot be rotated here.
-    pub fn rotate_key(&self) -> Result<usize, StoreError> {
-        let KeySource::File(file) = &self.key_source else {
-            return Err(StoreError::Invalid(format!(
-                "the store key comes from ${}; rotate it by re-creating the store with a new key",
-                crypto::KEY_ENV
-            )));
-        };
-        let staged = staged_key_file(file);
-        let (new_key, text) = StoreKey::generate();
-        crypto::write_key_file(&staged, &text)?;
-        // Lock order everywhere: connection, then key.
-        let mut conn = self.conn();
-        let mut key = self.key.write().unwrap_or_else(|p| p.into_inner());
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| backend(&self.path, e))?;
-        let rows: Vec<(String, Vec<u8>)> = {
-            let mut stmt = tx
-                .prepare("SELECT name, value FROM secrets")
-                .map_err(|e| backend(&self.path, e))?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(|e| backend(&self.path, e))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| backend(&self.path, e))?
-        };
-        for (name, sealed) in &rows {
-            let plain = zeroize::Zeroizing::new(
-                key.open(name, sealed)
-                    .ok_or_else(|| StoreError::Decrypt { name: name.clone() })?,
-            );
-            tx.execute(
-                "UPDATE secrets SET value = ?2 WHERE name = ?1",
-                params![name, new_key.seal(name, &plain)],
-            )
-            .map_err(|e| backend(&self.path, e))?;
-        }
-        tx.execute(
-            "UPDATE meta SET value = ?2 WHERE name = ?1",
-            params![KEY_CHECK, new_key.seal(KEY_CHECK, b"tokenwarden")],
-        )
-        .map_err(|e| backend(&self.path, e))?;
-        tx.commit().map_err(|e| backend(&self.path, e))?;
-        match std::fs::rename(&staged, file) {
-            Ok(()) => {}
-            // Another process that saw the new check already promoted the staged key.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !staged.exists() => {}
-            Err(source) => {
-                return Err(StoreError::Io {
-                    path: file.display().to_string(),
-                    source,
-                });
-            }
-        }
-        *key = new_key;
-        Ok(rows.len())
-    }
-
-    /// The sealed key check as committed now.
-    fn committed_check(conn: &Connection, path: &Path) -> Result<Vec<u8>, StoreError> {
-        conn.query_row("SELECT value FROM meta WHERE name = ?1", [KEY_CHECK], |r| {
-            r.get(0)
+        let master = MasterKeys::load(&source)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                write: None,
+                read: Mutex::new(read),
+                master,
+                key_source: source,
+                data: DataKeys::default(),
+            }),
         })
-        .map_err(|e| backend(path, e))
-    }
-
-    /// Makes sure the key in memory is the committed one: another process may have rotated
-    /// it since this store was opened. Without this, a long-running daemon would seal new
-    /// values under a retired key, and they would open for nobody else.
-    fn current_key(
-        &self,
-        check: &[u8],
-    ) -> Result<std::sync::RwLockReadGuard<'_, StoreKey>, StoreError> {
-        {
-            let key = self.key.read().unwrap_or_else(|p| p.into_inner());
-            if key.open(KEY_CHECK, check).is_some() {
-                return Ok(key);
-            }
-        }
-        let wrong = || StoreError::WrongKey {
-            path: self.path.display().to_string(),
-        };
-        let KeySource::File(file) = &self.key_source else {
-            return Err(wrong());
-        };
-        let fresh = StoreKey::read(file)
-            .ok()
-            .filter(|k| k.open(KEY_CHECK, check).is_some())
-            .or_else(|| recover_rotation(&self.key_source, check))
-            .ok_or_else(wrong)?;
-        tracing::info!(key_file = %file.display(), "store key was rotated by another process; reloaded it");
-        *self.key.write().unwrap_or_else(|p| p.into_inner()) = fresh;
-        Ok(self.key.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Where the store lives.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.inner.path
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite half-written: every statement
-        // is its own transaction. So a poisoned lock is safe to reuse.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// Where the master key comes from.
+    pub fn key_source(&self) -> &KeySource {
+        &self.inner.key_source
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        let path = inner.path.display().to_string();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::Backend {
+                store: path,
+                message: format!("a store call failed: {e}"),
+            })?
     }
 }
 
-fn staged_key_file(file: &Path) -> PathBuf {
-    let mut name = file.file_name().unwrap_or_default().to_os_string();
-    name.push(".new");
-    file.with_file_name(name)
-}
-
-/// After a rotation cut off between commit and rename, the store opens only with the staged
-/// key: promote it.
-fn recover_rotation(source: &KeySource, check: &[u8]) -> Option<StoreKey> {
-    let KeySource::File(file) = source else {
-        return None;
+/// Creates the folder (0700) and the file (0600) ourselves, so that neither is ever, even
+/// briefly, readable by others.
+fn prepare_file(path: &Path) -> Result<(), StoreError> {
+    let io = |p: &Path| {
+        let p = p.display().to_string();
+        move |source| StoreError::Io { path: p, source }
     };
-    let staged = staged_key_file(file);
-    let key = StoreKey::read(&staged).ok()?;
-    key.open(KEY_CHECK, check)?;
-    std::fs::rename(&staged, file).ok()?;
-    tracing::warn!(key_file = %file.display(), "completed an interrupted store key rotation");
-    Some(key)
+    if let Some(dir) = path.parent() {
+        crate::files::create_dir(dir, 0o700).map_err(io(dir))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io(path))
 }
 
-fn backend(path: &Path, e: rusqlite::Error) -> StoreError {
-    StoreError::Backend {
-        path: path.display().to_string(),
-        message: e.to_string(),
+fn connect(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+    } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let err = |e| sql_err(path, e);
+    let conn = Connection::open_with_flags(path, flags).map_err(err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+    if !read_only {
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+    }
+    Ok(conn)
+}
+
+fn sql_err(path: &Path, e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode as C;
+    let store = path.display().to_string();
+    match e.sqlite_error_code() {
+        Some(C::DatabaseBusy | C::DatabaseLocked | C::CannotOpen | C::SystemIoFailure) => {
+            StoreError::Unavailable {
+                store,
+                message: e.to_string(),
+            }
+        }
+        _ => StoreError::Backend {
+            store,
+            message: e.to_string(),
+        },
     }
 }
 
-fn to_u64(v: Option<i64>) -> Option<u64> {
-    v.and_then(|v| u64::try_from(v).ok())
+fn table_has_column(conn: &Connection, table: &str, column: &str) -> Sql<bool> {
+    let mut stmt = conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+    let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    for n in names {
+        if n? == column {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
-impl SecretStore for SqliteStore {
+fn current_key(conn: &Connection) -> Sql<Option<WrappedKey>> {
+    conn.query_row(
+        "SELECT version, master_id, wrapped FROM data_keys ORDER BY version DESC LIMIT 1",
+        [],
+        wrapped_key,
+    )
+    .optional()
+}
+
+fn wrapped_key(r: &rusqlite::Row<'_>) -> Sql<WrappedKey> {
+    Ok(WrappedKey {
+        version: u32::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+        master_id: r.get(1)?,
+        wrapped: r.get(2)?,
+    })
+}
+
+fn insert_key(conn: &Connection, key: &WrappedKey) -> Sql<()> {
+    conn.execute(
+        "INSERT INTO data_keys (version, master_id, wrapped, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![key.version, key.master_id, key.wrapped, to_i64(unix_now())],
+    )
+    .map(drop)
+}
+
+/// Advances the revision counter inside a write transaction and returns the new value.
+fn bump(conn: &Connection) -> Sql<u64> {
+    conn.query_row(
+        "UPDATE state SET revision = revision + 1 WHERE id = 1 RETURNING revision",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(to_u64)
+}
+
+/// Brings the schema to the current version and makes sure a data key exists, under the
+/// write lock, and returns the master keys (created now when this is a new store). Reads
+/// first, so an up-to-date store costs no write transaction to open.
+fn upgrade(
+    conn: &mut Connection,
+    path: &Path,
+    master: Option<MasterKeys>,
+    source: &KeySource,
+) -> Result<MasterKeys, StoreError> {
+    let err = |e| sql_err(path, e);
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(err)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Backend {
+            store: path.display().to_string(),
+            message: format!(
+                "schema version {version} is newer than this tokenwarden understands ({SCHEMA_VERSION})"
+            ),
+        });
+    }
+    if version == SCHEMA_VERSION
+        && current_key(conn).map_err(err)?.is_some()
+        && let Some(master) = master
+    {
+        return Ok(master);
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(err)?;
+    tx.execute_batch(SCHEMA).map_err(err)?;
+    for (column, decl) in [
+        ("key_version", "INTEGER NOT NULL DEFAULT 0"),
+        ("revision", "INTEGER NOT NULL DEFAULT 0"),
+    ] {
+        if !table_has_column(&tx, "secrets", column).map_err(err)? {
+            tx.execute_batch(&format!("ALTER TABLE secrets ADD COLUMN {column} {decl}"))
+                .map_err(err)?;
+        }
+    }
+    tx.execute_batch(INDEXES).map_err(err)?;
+    let has_rows: bool = tx
+        .query_row("SELECT EXISTS (SELECT 1 FROM secrets)", [], |r| r.get(0))
+        .map_err(err)?;
+    let master = match master {
+        Some(m) => m,
+        // Only a store without a data key may get a new master key; one whose data key or
+        // secrets exist needs the key they were sealed with.
+        None if current_key(&tx).map_err(err)?.is_none() && !has_rows => {
+            MasterKeys::load_or_create(source)?
+        }
+        None => {
+            return Err(StoreError::WrongKey {
+                store: path.display().to_string(),
+                detail: format!(
+                    "the store holds secrets but its master key ({}) is missing: restore the key file or set ${}",
+                    source.describe(),
+                    super::KEY_ENV
+                ),
+            });
+        }
+    };
+    if current_key(&tx).map_err(err)?.is_none() {
+        let (id, cipher) = master.primary();
+        let key = WrappedKey::generate(1, &id, &cipher);
+        insert_key(&tx, &key).map_err(err)?;
+        migrate_legacy_values(&tx, path, &master, source, &key)?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(err)?;
+    tx.commit().map_err(err)?;
+    Ok(master)
+}
+
+/// Schema 1 sealed values under the master key itself: re-seal them under the first data
+/// key. A schema 1 rotation cut off between its commit and its key-file rename left the
+/// new key in `<key>.new`; it is tried too, as schema 1 did on open.
+fn migrate_legacy_values(
+    tx: &Connection,
+    path: &Path,
+    master: &MasterKeys,
+    source: &KeySource,
+    key: &WrappedKey,
+) -> Result<(), StoreError> {
+    let err = |e| sql_err(path, e);
+    let rows: Vec<(String, Vec<u8>)> = {
+        let mut stmt = tx
+            .prepare("SELECT name, value FROM secrets WHERE key_version = 0")
+            .map_err(err)?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(err)?
+            .collect::<Sql<_>>()
+            .map_err(err)?
+    };
+    let has_meta: bool = tx
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(err)?;
+    if rows.is_empty() && !has_meta {
+        return Ok(());
+    }
+    let check: Option<Vec<u8>> = if has_meta {
+        tx.query_row(
+            "SELECT value FROM meta WHERE name = ?1",
+            [LEGACY_KEY_CHECK],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(err)?
+    } else {
+        None
+    };
+    let mut candidates: Vec<Cipher> = vec![master.primary().1];
+    if let KeySource::File(file) = source {
+        let mut staged = file.clone().into_os_string();
+        staged.push(".new");
+        if let Ok(Some(k)) = MasterKeys::load(&KeySource::File(staged.into())) {
+            candidates.push(k.primary().1);
+        }
+    }
+    let legacy = candidates
+        .into_iter()
+        .find(|c| {
+            check
+                .as_ref()
+                .is_none_or(|s| c.open(&secret_aad(LEGACY_KEY_CHECK), s).is_some())
+        })
+        .ok_or_else(|| StoreError::WrongKey {
+            store: path.display().to_string(),
+            detail: format!(
+                "the master key ({}) does not open this store",
+                source.describe()
+            ),
+        })?;
+    let data_master = master.find(&key.master_id).expect("the key just used");
+    let data = Cipher::new(
+        &data_master
+            .open(&super::crypto::data_key_aad(key.version), &key.wrapped)
+            .expect("the key just wrapped"),
+    )
+    .expect("32 bytes");
+    let revision = if rows.is_empty() {
+        0
+    } else {
+        bump(tx).map_err(err)?
+    };
+    for (name, sealed) in &rows {
+        let plain = zeroize::Zeroizing::new(
+            legacy
+                .open(&secret_aad(name), sealed)
+                .ok_or_else(|| StoreError::Decrypt { name: name.clone() })?,
+        );
+        tx.execute(
+            "UPDATE secrets SET value = ?2, key_version = ?3, revision = ?4 WHERE name = ?1",
+            params![
+                name,
+                data.seal(&secret_aad(name), &plain),
+                key.version,
+                to_i64(revision)
+            ],
+        )
+        .map_err(err)?;
+    }
+    tx.execute_batch("DROP TABLE IF EXISTS meta").map_err(err)?;
+    tracing::info!(store = %path.display(), secrets = rows.len(), "upgraded the store to envelope encryption (schema 2)");
+    Ok(())
+}
+
+fn job_row(r: &rusqlite::Row<'_>) -> Sql<JobRow> {
+    Ok(JobRow {
+        job: r.get(0)?,
+        fence: to_u64(r.get(1)?),
+        lease_owner: r.get(2)?,
+        lease_until_ms: to_u64(r.get(3)?),
+        next_due_ms: r.get::<_, Option<i64>>(4)?.map(to_u64),
+        failures: u32::try_from(r.get::<_, i64>(5)?).unwrap_or(u32::MAX),
+        last_run: r.get(6)?,
+        revision: to_u64(r.get(7)?),
+    })
+}
+
+const JOB_COLUMNS: &str =
+    "name, fence, lease_owner, lease_until_ms, next_due_ms, failures, last_run, revision";
+
+fn meta_row(r: &rusqlite::Row<'_>) -> Sql<SecretMeta> {
+    Ok(SecretMeta {
+        name: r.get(0)?,
+        updated_at: to_u64(r.get(1)?),
+        expires_at: r.get::<_, Option<i64>>(2)?.map(to_u64),
+        revision: to_u64(r.get(3)?),
+    })
+}
+
+impl Inner {
+    fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        |e| sql_err(&self.path, e)
+    }
+
+    fn store_name(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn master(&self) -> Result<&MasterKeys, StoreError> {
+        self.master.as_ref().ok_or_else(|| StoreError::WrongKey {
+            store: self.store_name(),
+            detail: format!(
+                "reading values needs the master key ({}), which is missing",
+                self.key_source.describe()
+            ),
+        })
+    }
+
+    fn data_key(&self, key: &WrappedKey) -> Result<Cipher, StoreError> {
+        self.data
+            .get(self.master()?, key)
+            .map_err(|detail| StoreError::WrongKey {
+                store: self.store_name(),
+                detail,
+            })
+    }
+
+    /// Fails early, with a clear message, when the master key does not open the current
+    /// data key.
+    fn check_master(&self) -> Result<(), StoreError> {
+        let key = current_key(&self.read()).map_err(self.err())?;
+        match key {
+            Some(k) => self.data_key(&k).map(drop),
+            None => Ok(()),
+        }
+    }
+
+    fn read(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written: every write is
+        // one transaction. So a poisoned lock is safe to reuse.
+        self.read.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` in one write transaction (`BEGIN IMMEDIATE`).
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let Some(conn) = &self.write else {
+            return Err(StoreError::Invalid(format!(
+                "secret store {} is open read-only",
+                self.store_name()
+            )));
+        };
+        let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err())?;
+        let out = f(&tx)?;
+        tx.commit().map_err(self.err())?;
+        Ok(out)
+    }
+
     fn get(&self, name: &str) -> Result<Option<StoredSecret>, StoreError> {
         let row = self
-            .conn()
+            .read()
             .query_row(
-                "SELECT value, updated_at, expires_at FROM secrets WHERE name = ?1",
+                "SELECT s.value, s.updated_at, s.expires_at, s.revision, k.version, k.master_id, k.wrapped
+                 FROM secrets s LEFT JOIN data_keys k ON k.version = s.key_version
+                 WHERE s.name = ?1",
                 params![name],
-                |row| {
+                |r| {
+                    let key = match r.get::<_, Option<i64>>(4)? {
+                        Some(v) => Some(WrappedKey {
+                            version: u32::try_from(v).unwrap_or(0),
+                            master_id: r.get(5)?,
+                            wrapped: r.get(6)?,
+                        }),
+                        None => None,
+                    };
                     Ok((
-                        row.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, Vec<u8>>(0)?,
                         SecretMeta {
                             name: name.to_string(),
-                            updated_at: to_u64(row.get(1)?).unwrap_or(0),
-                            expires_at: to_u64(row.get(2)?),
+                            updated_at: to_u64(r.get(1)?),
+                            expires_at: r.get::<_, Option<i64>>(2)?.map(to_u64),
+                            revision: to_u64(r.get(3)?),
                         },
+                        key,
                     ))
                 },
             )
             .optional()
-            .map_err(|e| backend(&self.path, e))?;
-        let Some((sealed, meta)) = row else {
+            .map_err(self.err())?;
+        let Some((sealed, meta, key)) = row else {
             return Ok(None);
         };
-        let opened = self
-            .key
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .open(name, &sealed);
-        let plain = match opened {
-            Some(plain) => plain,
-            None => {
-                // Perhaps rotated elsewhere: retry once with the committed key.
-                let check = Self::committed_check(&self.conn(), &self.path)?;
-                self.current_key(&check)?
-                    .open(name, &sealed)
-                    .ok_or_else(|| StoreError::Decrypt {
-                        name: name.to_string(),
-                    })?
-            }
-        };
-        let value = String::from_utf8(plain).map_err(|_| StoreError::Decrypt {
+        let decrypt = || StoreError::Decrypt {
             name: name.to_string(),
-        })?;
+        };
+        let key = key.ok_or_else(decrypt)?;
+        let plain = self
+            .data_key(&key)?
+            .open(&secret_aad(name), &sealed)
+            .ok_or_else(decrypt)?;
+        let value = String::from_utf8(plain).map_err(|_| decrypt())?;
         Ok(Some(StoredSecret {
             value: SecretString::from(value),
             meta,
         }))
     }
 
-    fn set(
+    fn put(
+        &self,
+        tx: &Connection,
+        name: &str,
+        value: &SecretString,
+        expires_at: Option<u64>,
+    ) -> Result<SecretMeta, StoreError> {
+        let key = current_key(tx)
+            .map_err(self.err())?
+            .ok_or_else(|| StoreError::Backend {
+                store: self.store_name(),
+                message: "the store has no data key".into(),
+            })?;
+        let sealed = self
+            .data_key(&key)?
+            .seal(&secret_aad(name), value.expose_secret().as_bytes());
+        let revision = bump(tx).map_err(self.err())?;
+        let updated_at = unix_now();
+        tx.execute(
+            "INSERT INTO secrets (name, value, updated_at, expires_at, key_version, revision)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at,
+                 expires_at = excluded.expires_at, key_version = excluded.key_version,
+                 revision = excluded.revision",
+            params![
+                name,
+                sealed,
+                to_i64(updated_at),
+                expires_at.map(to_i64),
+                key.version,
+                to_i64(revision)
+            ],
+        )
+        .map_err(self.err())?;
+        tx.execute("DELETE FROM tombstones WHERE name = ?1", [name])
+            .map_err(self.err())?;
+        Ok(SecretMeta {
+            name: name.to_string(),
+            updated_at,
+            expires_at,
+            revision,
+        })
+    }
+
+    fn holds(&self, tx: &Connection, lease: &Lease) -> Result<bool, StoreError> {
+        tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE name = ?1 AND fence = ?2 AND lease_owner = ?3)",
+            params![lease.job, to_i64(lease.fence), lease.owner],
+            |r| r.get(0),
+        )
+        .map_err(self.err())
+    }
+
+    fn job(&self, conn: &Connection, name: &str) -> Result<Option<JobRow>, StoreError> {
+        conn.query_row(
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE name = ?1"),
+            [name],
+            job_row,
+        )
+        .optional()
+        .map_err(self.err())
+    }
+
+    /// A new data key, one version above the current one, wrapped with `master`.
+    fn add_data_key(&self, master_id: &str, master: &Cipher) -> Result<WrappedKey, StoreError> {
+        self.write(|tx| {
+            let version = current_key(tx)
+                .map_err(self.err())?
+                .map_or(1, |k| k.version.saturating_add(1));
+            let key = WrappedKey::generate(version, master_id, master);
+            insert_key(tx, &key).map_err(self.err())?;
+            Ok(key)
+        })
+    }
+
+    /// Re-seals up to `limit` secrets that use a data key older than `new`.
+    fn reseal_batch(&self, new: &WrappedKey, limit: usize) -> Result<usize, StoreError> {
+        let cipher = self.data_key(new)?;
+        self.write(|tx| {
+            let rows: Vec<(String, Vec<u8>, WrappedKey)> = {
+                let mut stmt = tx
+                    .prepare(
+                        "SELECT s.name, s.value, k.version, k.master_id, k.wrapped
+                         FROM secrets s JOIN data_keys k ON k.version = s.key_version
+                         WHERE s.key_version < ?1 LIMIT ?2",
+                    )
+                    .map_err(self.err())?;
+                stmt.query_map(params![new.version, to_i64(limit as u64)], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        WrappedKey {
+                            version: u32::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                            master_id: r.get(3)?,
+                            wrapped: r.get(4)?,
+                        },
+                    ))
+                })
+                .map_err(self.err())?
+                .collect::<Sql<_>>()
+                .map_err(self.err())?
+            };
+            for (name, sealed, key) in &rows {
+                let plain = super::rotation::reseal(self.data_key(key)?, &cipher, name, sealed)?;
+                tx.execute(
+                    "UPDATE secrets SET value = ?2, key_version = ?3 WHERE name = ?1",
+                    params![name, plain, new.version],
+                )
+                .map_err(self.err())?;
+            }
+            Ok(rows.len())
+        })
+    }
+
+    /// Drops data keys older than `current` that no secret uses, and re-wraps every data
+    /// key not wrapped with `rewrap`'s master key.
+    fn finish_keys(&self, current: u32, rewrap: Option<(&str, &Cipher)>) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "DELETE FROM data_keys WHERE version < ?1
+                 AND NOT EXISTS (SELECT 1 FROM secrets WHERE key_version = data_keys.version)",
+                [current],
+            )
+            .map_err(self.err())?;
+            let Some((id, cipher)) = rewrap else {
+                return Ok(());
+            };
+            let others: Vec<WrappedKey> = {
+                let mut stmt = tx
+                    .prepare(
+                        "SELECT version, master_id, wrapped FROM data_keys WHERE master_id != ?1",
+                    )
+                    .map_err(self.err())?;
+                stmt.query_map([id], wrapped_key)
+                    .map_err(self.err())?
+                    .collect::<Sql<_>>()
+                    .map_err(self.err())?
+            };
+            for k in others {
+                let re =
+                    super::rotation::rewrap(self.master()?, &k, id, cipher, &self.store_name())?;
+                tx.execute(
+                    "UPDATE data_keys SET master_id = ?2, wrapped = ?3 WHERE version = ?1",
+                    params![re.version, re.master_id, re.wrapped],
+                )
+                .map_err(self.err())?;
+            }
+            Ok(())
+        })
+    }
+
+    fn acquire(
+        &self,
+        job: &str,
+        owner: &str,
+        ttl: Duration,
+        mode: LeaseMode,
+    ) -> Result<Acquired, StoreError> {
+        self.write(|tx| {
+            let now = unix_now_ms();
+            let row = self.job(tx, job)?.unwrap_or_else(|| JobRow {
+                job: job.to_string(),
+                ..JobRow::default()
+            });
+            if row.holder(now).is_some() {
+                return Ok(Acquired::Held(row));
+            }
+            if let LeaseMode::IfUnchanged { revision } = mode
+                && revision != row.revision
+            {
+                return Ok(Acquired::Moved(row));
+            }
+            let revision = bump(tx).map_err(self.err())?;
+            let lease = Lease {
+                job: job.to_string(),
+                owner: owner.to_string(),
+                fence: row.fence + 1,
+                until_ms: now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+            };
+            tx.execute(
+                "INSERT INTO jobs (name, fence, lease_owner, lease_until_ms, next_due_ms, failures, last_run, revision)
+                 VALUES (?1, ?2, ?3, ?4, NULL, 0, NULL, ?5)
+                 ON CONFLICT(name) DO UPDATE SET fence = excluded.fence, lease_owner = excluded.lease_owner,
+                     lease_until_ms = excluded.lease_until_ms, revision = excluded.revision",
+                params![job, to_i64(lease.fence), owner, to_i64(lease.until_ms), to_i64(revision)],
+            )
+            .map_err(self.err())?;
+            Ok(Acquired::Granted { lease, row })
+        })
+    }
+
+    fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Option<Lease>, StoreError> {
+        self.write(|tx| {
+            let until = unix_now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+            let n = tx
+                .execute(
+                    "UPDATE jobs SET lease_until_ms = ?4 WHERE name = ?1 AND fence = ?2 AND lease_owner = ?3",
+                    params![lease.job, to_i64(lease.fence), lease.owner, to_i64(until)],
+                )
+                .map_err(self.err())?;
+            Ok((n == 1).then(|| Lease {
+                until_ms: until,
+                ..lease.clone()
+            }))
+        })
+    }
+
+    fn release(&self, lease: &Lease, update: &JobUpdate) -> Result<Option<u64>, StoreError> {
+        self.write(|tx| {
+            if !self.holds(tx, lease)? {
+                return Ok(None);
+            }
+            let revision = bump(tx).map_err(self.err())?;
+            tx.execute(
+                "UPDATE jobs SET lease_owner = NULL, lease_until_ms = 0, next_due_ms = ?2, failures = ?3,
+                     last_run = ?4, revision = ?5 WHERE name = ?1",
+                params![
+                    lease.job,
+                    update.next_due_ms.map(to_i64),
+                    i64::from(update.failures),
+                    update.last_run,
+                    to_i64(revision)
+                ],
+            )
+            .map_err(self.err())?;
+            Ok(Some(revision))
+        })
+    }
+
+    fn changes(&self, since: u64) -> Result<Changes, StoreError> {
+        let conn = self.read();
+        let tx = conn.unchecked_transaction().map_err(self.err())?;
+        let revision: u64 = tx
+            .query_row("SELECT revision FROM state WHERE id = 1", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(to_u64)
+            .map_err(self.err())?;
+        // A revision from before the store was replaced: start over.
+        let since = if since > revision { 0 } else { since };
+        if revision == since {
+            return Ok(Changes {
+                revision,
+                ..Changes::default()
+            });
+        }
+        let since = to_i64(since);
+        let collect = |sql: &str| -> Result<Vec<SecretMeta>, StoreError> {
+            let mut stmt = tx.prepare(sql).map_err(self.err())?;
+            stmt.query_map([since], meta_row)
+                .map_err(self.err())?
+                .collect::<Sql<_>>()
+                .map_err(self.err())
+        };
+        let secrets = collect(
+            "SELECT name, updated_at, expires_at, revision FROM secrets WHERE revision > ?1",
+        )?;
+        let deleted = {
+            let mut stmt = tx
+                .prepare("SELECT name FROM tombstones WHERE revision > ?1")
+                .map_err(self.err())?;
+            stmt.query_map([since], |r| r.get(0))
+                .map_err(self.err())?
+                .collect::<Sql<_>>()
+                .map_err(self.err())?
+        };
+        let jobs = {
+            let mut stmt = tx
+                .prepare(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE revision > ?1"
+                ))
+                .map_err(self.err())?;
+            stmt.query_map([since], job_row)
+                .map_err(self.err())?
+                .collect::<Sql<_>>()
+                .map_err(self.err())?
+        };
+        Ok(Changes {
+            revision,
+            secrets,
+            deleted,
+            jobs,
+        })
+    }
+}
+
+#[async_trait]
+impl SecretStore for SqliteStore {
+    fn describe(&self) -> String {
+        self.inner.path.display().to_string()
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<StoredSecret>, StoreError> {
+        let name = name.to_string();
+        self.call(move |s| s.get(&name)).await
+    }
+
+    async fn set(
         &self,
         name: &str,
         value: &SecretString,
         expires_at: Option<u64>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<SecretMeta, StoreError> {
         check_entry(name, value)?;
-        let expires_at = expires_at.map(|e| i64::try_from(e).unwrap_or(i64::MAX));
-        let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
-        let mut conn = self.conn();
-        // One write transaction: the key check read here cannot change before the commit, so
-        // the value is sealed under the key every other process will use.
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| backend(&self.path, e))?;
-        let check = Self::committed_check(&tx, &self.path)?;
-        let sealed = self
-            .current_key(&check)?
-            .seal(name, value.expose_secret().as_bytes());
-        tx.execute(
-            "INSERT INTO secrets (name, value, updated_at, expires_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(name) DO UPDATE SET value = excluded.value,
-                 updated_at = excluded.updated_at, expires_at = excluded.expires_at",
-            params![name, sealed, now, expires_at],
-        )
-        .map_err(|e| backend(&self.path, e))?;
-        tx.commit().map_err(|e| backend(&self.path, e))
+        let (name, value) = (name.to_string(), value.clone());
+        self.call(move |s| s.write(|tx| s.put(tx, &name, &value, expires_at)))
+            .await
     }
 
-    fn list(&self) -> Result<Vec<SecretMeta>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT name, updated_at, expires_at FROM secrets ORDER BY name")
-            .map_err(|e| backend(&self.path, e))?;
-        let rows = stmt
-            .query_map([], |row| {
-                Ok(SecretMeta {
-                    name: row.get(0)?,
-                    updated_at: to_u64(row.get(1)?).unwrap_or(0),
-                    expires_at: to_u64(row.get(2)?),
-                })
+    async fn set_fenced(
+        &self,
+        name: &str,
+        value: &SecretString,
+        expires_at: Option<u64>,
+        lease: &Lease,
+    ) -> Result<SecretMeta, StoreError> {
+        check_entry(name, value)?;
+        let (name, value, lease) = (name.to_string(), value.clone(), lease.clone());
+        self.call(move |s| {
+            s.write(|tx| {
+                if !s.holds(tx, &lease)? {
+                    return Err(StoreError::Fenced { job: lease.job });
+                }
+                s.put(tx, &name, &value, expires_at)
             })
-            .map_err(|e| backend(&self.path, e))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(|e| backend(&self.path, e))
+        })
+        .await
+    }
+
+    async fn delete(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.call(move |s| {
+            s.write(|tx| {
+                let n = tx
+                    .execute("DELETE FROM secrets WHERE name = ?1", [&name])
+                    .map_err(s.err())?;
+                if n == 0 {
+                    return Ok(false);
+                }
+                let revision = bump(tx).map_err(s.err())?;
+                tx.execute(
+                    "INSERT INTO tombstones (name, revision) VALUES (?1, ?2)
+                     ON CONFLICT(name) DO UPDATE SET revision = excluded.revision",
+                    params![name, to_i64(revision)],
+                )
+                .map_err(s.err())?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn list(&self) -> Result<Vec<SecretMeta>, StoreError> {
+        self.call(|s| {
+            let conn = s.read();
+            let mut stmt = conn
+                .prepare("SELECT name, updated_at, expires_at, revision FROM secrets ORDER BY name")
+                .map_err(s.err())?;
+            stmt.query_map([], meta_row)
+                .map_err(s.err())?
+                .collect::<Sql<_>>()
+                .map_err(s.err())
+        })
+        .await
+    }
+
+    async fn changes(&self, since: u64) -> Result<Changes, StoreError> {
+        self.call(move |s| s.changes(since)).await
+    }
+
+    async fn rotate_key(&self, master: bool) -> Result<Rotation, StoreError> {
+        super::rotation::rotate(self, master).await
+    }
+
+    async fn acquire(
+        &self,
+        job: &str,
+        owner: &str,
+        ttl: Duration,
+        mode: LeaseMode,
+    ) -> Result<Acquired, StoreError> {
+        let (job, owner) = (job.to_string(), owner.to_string());
+        self.call(move |s| s.acquire(&job, &owner, ttl, mode)).await
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Option<Lease>, StoreError> {
+        let lease = lease.clone();
+        self.call(move |s| s.renew(&lease, ttl)).await
+    }
+
+    async fn release(&self, lease: &Lease, update: &JobUpdate) -> Result<Option<u64>, StoreError> {
+        let (lease, update) = (lease.clone(), update.clone());
+        self.call(move |s| s.release(&lease, &update)).await
+    }
+
+    async fn jobs(&self) -> Result<Vec<JobRow>, StoreError> {
+        self.call(|s| {
+            let conn = s.read();
+            let mut stmt = conn
+                .prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY name"))
+                .map_err(s.err())?;
+            stmt.query_map([], job_row)
+                .map_err(s.err())?
+                .collect::<Sql<_>>()
+                .map_err(s.err())
+        })
+        .await
+    }
+
+    async fn job(&self, name: &str) -> Result<Option<JobRow>, StoreError> {
+        let name = name.to_string();
+        self.call(move |s| s.job(&s.read(), &name)).await
+    }
+
+    async fn heartbeat(&self, member: &Member, ttl: Duration) -> Result<Vec<Member>, StoreError> {
+        let member = member.clone();
+        self.call(move |s| {
+            s.write(|tx| {
+                let now = to_i64(unix_now_ms());
+                let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+                tx.execute(
+                    "INSERT INTO members (id, started_ms, seen_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(id) DO UPDATE SET seen_ms = excluded.seen_ms",
+                    params![member.id, to_i64(member.started_ms), now],
+                )
+                .map_err(s.err())?;
+                // Members gone for ten heartbeats' time are forgotten.
+                tx.execute(
+                    "DELETE FROM members WHERE seen_ms < ?1",
+                    [now.saturating_sub(ttl.saturating_mul(10))],
+                )
+                .map_err(s.err())?;
+                let mut stmt = tx
+                    .prepare("SELECT id, started_ms, seen_ms FROM members WHERE seen_ms >= ?1 ORDER BY id")
+                    .map_err(s.err())?;
+                stmt.query_map([now.saturating_sub(ttl)], |r| {
+                    Ok(Member {
+                        id: r.get(0)?,
+                        started_ms: to_u64(r.get(1)?),
+                        seen_ms: to_u64(r.get(2)?),
+                    })
+                })
+                .map_err(s.err())?
+                .collect::<Sql<_>>()
+                .map_err(s.err())
+            })
+        })
+        .await
+    }
+
+    async fn leave(&self, member: &str) -> Result<(), StoreError> {
+        let member = member.to_string();
+        self.call(move |s| {
+            s.write(|tx| {
+                tx.execute("DELETE FROM members WHERE id = ?1", [&member])
+                    .map_err(s.err())
+                    .map(drop)
+            })
+        })
+        .await
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::MAX_VALUE_BYTES;
-    use std::os::unix::fs::MetadataExt;
-
-    #[test]
-    fn round_trip_metadata_and_permissions() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("nested/store.db");
-        let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
-        assert_eq!(
-            std::fs::metadata(path.parent().unwrap()).unwrap().mode() & 0o777,
-            0o700
-        );
-        assert!(store.get("Microsoft Client ID").unwrap().is_none());
-        store
-            .set(
-                "Microsoft Client ID",
-                &SecretString::from("abc".to_string()),
-                None,
-            )
-            .unwrap();
-        store
-            .set("tok", &SecretString::from("t1".to_string()), Some(42))
-            .unwrap();
-        store
-            .set("tok", &SecretString::from("t2".to_string()), Some(43))
-            .unwrap();
-        let got = store.get("tok").unwrap().unwrap();
-        assert_eq!(got.value.expose_secret(), "t2");
-        assert_eq!(got.meta.expires_at, Some(43));
-        let names: Vec<_> = store.list().unwrap().into_iter().map(|m| m.name).collect();
-        assert_eq!(names, ["Microsoft Client ID", "tok"]);
-        // A second handle (another process, in effect) sees committed writes.
-        let other = SqliteStore::open(&path).unwrap();
-        assert_eq!(
-            other.get("tok").unwrap().unwrap().value.expose_secret(),
-            "t2"
-        );
+#[async_trait]
+impl super::rotation::KeyTable for SqliteStore {
+    fn master(&self) -> Result<&MasterKeys, StoreError> {
+        self.inner.master()
     }
 
-    #[test]
-    fn debug_never_shows_values() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
-        store
-            .set(
-                "n",
-                &SecretString::from("canary-value-123".to_string()),
-                None,
-            )
-            .unwrap();
-        let got = store.get("n").unwrap().unwrap();
-        assert!(!format!("{got:?} {store:?}").contains("canary-value-123"));
+    async fn lock(&self) -> Result<Option<RotationLock>, StoreError> {
+        self.call(|s| Ok(s.master()?.lock()?)).await
     }
 
-    fn raw(path: &Path, sql: &str) {
-        Connection::open(path).unwrap().execute_batch(sql).unwrap();
+    async fn add_data_key(
+        &self,
+        master_id: &str,
+        master: &Cipher,
+    ) -> Result<WrappedKey, StoreError> {
+        let (id, master) = (master_id.to_string(), master.clone());
+        self.call(move |s| s.add_data_key(&id, &master)).await
     }
 
-    #[test]
-    fn values_are_encrypted_at_rest() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let store = SqliteStore::open(&path).unwrap();
-        let key_file = SqliteStore::key_file_for(&path);
-        assert_eq!(std::fs::metadata(&key_file).unwrap().mode() & 0o777, 0o600);
-        store
-            .set(
-                "n",
-                &SecretString::from("plaintext-canary-42".to_string()),
-                None,
-            )
-            .unwrap();
-        drop(store);
-        for f in std::fs::read_dir(dir.path()).unwrap() {
-            let bytes = std::fs::read(f.unwrap().path()).unwrap();
-            assert!(!bytes.windows(19).any(|w| w == b"plaintext-canary-42"));
-        }
-        // Reopening with the same key file works.
-        let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(
-            store.get("n").unwrap().unwrap().value.expose_secret(),
-            "plaintext-canary-42"
-        );
+    async fn reseal_batch(&self, new: &WrappedKey, limit: usize) -> Result<usize, StoreError> {
+        let new = new.clone();
+        self.call(move |s| s.reseal_batch(&new, limit)).await
     }
 
-    #[test]
-    fn wrong_key_tampering_and_swaps_are_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let (key, _) = StoreKey::generate();
-        let store = SqliteStore::open_with(&path, key.clone(), KeySource::Env).unwrap();
-        store
-            .set("a", &SecretString::from("value-a".to_string()), None)
-            .unwrap();
-        store
-            .set("b", &SecretString::from("value-b".to_string()), None)
-            .unwrap();
-        drop(store);
-
-        let (other, _) = StoreKey::generate();
-        let err = SqliteStore::open_with(&path, other, KeySource::Env).unwrap_err();
-        assert!(matches!(err, StoreError::WrongKey { .. }), "{err}");
-
-        // Swap the ciphertexts of a and b: neither opens under the other's name.
-        raw(
-            &path,
-            "UPDATE secrets SET value = (SELECT value FROM secrets WHERE name = 'b') WHERE name = 'a';",
-        );
-        let store = SqliteStore::open_with(&path, key, KeySource::Env).unwrap();
-        assert!(matches!(store.get("a"), Err(StoreError::Decrypt { name }) if name == "a"));
-        assert_eq!(
-            store.get("b").unwrap().unwrap().value.expose_secret(),
-            "value-b"
-        );
-        // Flip a byte of b.
-        raw(
-            &path,
-            "UPDATE secrets SET value = CAST(value || x'00' AS BLOB) WHERE name = 'b';",
-        );
-        assert!(matches!(store.get("b"), Err(StoreError::Decrypt { .. })));
-    }
-
-    #[test]
-    fn a_rotation_by_another_process_is_picked_up_not_undone() {
-        // Two handles on one file stand for the daemon and the CLI: each has its own key in
-        // memory, as two processes would.
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let daemon = SqliteStore::open(&path).unwrap();
-        let cli = SqliteStore::open(&path).unwrap();
-        let v = |t: &str| SecretString::from(t.to_string());
-        daemon.set("client", &v("c-1"), None).unwrap();
-        assert_eq!(cli.rotate_key().unwrap(), 1);
-        // The daemon writes after the rotation: sealed under the new key, not its old one.
-        daemon.set("token", &v("t-1"), Some(9)).unwrap();
-        assert_eq!(
-            cli.get("token").unwrap().unwrap().value.expose_secret(),
-            "t-1"
-        );
-        assert_eq!(
-            daemon.get("client").unwrap().unwrap().value.expose_secret(),
-            "c-1"
-        );
-        drop((daemon, cli));
-        let fresh = SqliteStore::open(&path).unwrap();
-        for (name, value) in [("client", "c-1"), ("token", "t-1")] {
-            assert_eq!(
-                fresh.get(name).unwrap().unwrap().value.expose_secret(),
-                value
-            );
-        }
-    }
-
-    #[test]
-    fn rotation_re_encrypts_and_survives_interruption() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let store = SqliteStore::open(&path).unwrap();
-        store
-            .set("a", &SecretString::from("value-a".to_string()), Some(7))
-            .unwrap();
-        let key_file = SqliteStore::key_file_for(&path);
-        let before = std::fs::read_to_string(&key_file).unwrap();
-        assert_eq!(store.rotate_key().unwrap(), 1);
-        let after = std::fs::read_to_string(&key_file).unwrap();
-        assert_ne!(before, after);
-        assert_eq!(
-            store.get("a").unwrap().unwrap().value.expose_secret(),
-            "value-a"
-        );
-        assert_eq!(store.get("a").unwrap().unwrap().meta.expires_at, Some(7));
-        drop(store);
-        // The old key no longer opens the store.
-        let old = StoreKey::parse(&before, "old").unwrap();
-        assert!(SqliteStore::open_with(&path, old, KeySource::Env).is_err());
-
-        // Interrupted between commit and rename: the new key waits in `.key.new`.
-        let store = SqliteStore::open(&path).unwrap();
-        store.rotate_key().unwrap();
-        drop(store);
-        let current = std::fs::read_to_string(&key_file).unwrap();
-        std::fs::write(staged_key_file(&key_file), &current).unwrap();
-        std::fs::write(&key_file, &after).unwrap();
-        let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(
-            store.get("a").unwrap().unwrap().value.expose_secret(),
-            "value-a"
-        );
-        assert_eq!(std::fs::read_to_string(&key_file).unwrap(), current);
-    }
-
-    #[test]
-    fn a_missing_key_file_is_an_error_not_a_new_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let store = SqliteStore::open(&path).unwrap();
-        store
-            .set("a", &SecretString::from("v".to_string()), None)
-            .unwrap();
-        drop(store);
-        std::fs::remove_file(SqliteStore::key_file_for(&path)).unwrap();
-        let err = SqliteStore::open(&path).unwrap_err().to_string();
-        assert!(err.contains("key file") && err.contains("missing"), "{err}");
-    }
-
-    #[test]
-    fn huge_values_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
-        let big = SecretString::from("x".repeat(MAX_VALUE_BYTES + 1));
-        assert!(matches!(
-            store.set("a", &big, None),
-            Err(StoreError::Invalid(_))
-        ));
-        assert!(store.get("a").unwrap().is_none());
-    }
-
-    #[test]
-    fn bad_names_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
-        for bad in ["", "  ", "a\nb"] {
-            assert!(
-                store
-                    .set(bad, &SecretString::from("v".to_string()), None)
-                    .is_err()
-            );
-        }
+    async fn finish_keys(
+        &self,
+        current: u32,
+        rewrap: Option<(&str, &Cipher)>,
+    ) -> Result<(), StoreError> {
+        let rewrap = rewrap.map(|(id, c)| (id.to_string(), c.clone()));
+        self.call(move |s| s.finish_keys(current, rewrap.as_ref().map(|(id, c)| (id.as_str(), c))))
+            .await
     }
 }

@@ -1,0 +1,134 @@
+//! The long-running commands: `tokenwarden run` (the daemon and its admin API) and
+//! `tokenwarden emulator`.
+
+use super::{EMULATOR_SECRET_ENV, EmulatorArgs, Usage, exit, open_store, runtime_options};
+use crate::admin;
+use crate::config::Config;
+use crate::daemon::{Coordination, Daemon};
+use crate::emulator::{self, Emulator, EmulatorConfig};
+use crate::runtime::Runtime;
+use crate::store::Access;
+use anyhow::{Context, anyhow};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+pub(super) async fn daemon(config_path: &Path) -> anyhow::Result<u8> {
+    let mut config = Config::load(config_path)?;
+    if config.jobs.is_empty() {
+        return Err(Usage(format!(
+            "{} has no [[jobs]]; nothing to run",
+            config.path.display()
+        ))
+        .into());
+    }
+    let admin_cfg = config.admin.clone();
+    admin::check_exposure(admin_cfg.listen, admin_cfg.token_secret.as_deref())
+        .map_err(|e| Usage(e.to_string()))?;
+    let store = open_store(&config, Access::ReadWrite).await?;
+    let runtime = Arc::new(Runtime::new(runtime_options(&config))?);
+    let started = std::time::Instant::now();
+    for job in &config.jobs {
+        runtime
+            .preload(job)
+            .map_err(|e| Usage(format!("job `{}`: {e}", job.name)))?;
+    }
+    tracing::info!(
+        jobs = config.jobs.len(),
+        compile_ms = started.elapsed().as_millis() as u64,
+        "components ready"
+    );
+    if let Some(name) = &admin_cfg.token_secret
+        && store.get(name).await?.is_none()
+    {
+        tracing::warn!(secret = %name, "the admin token secret is not set: protected admin routes answer 401 until it is (`tokenwarden secrets set '{name}'`)");
+    }
+    let listener = tokio::net::TcpListener::bind(admin_cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", admin_cfg.listen))?;
+    let admin_addr = listener.local_addr()?;
+    let coord = Coordination::of(&config.store);
+    let jobs = std::mem::take(&mut config.jobs);
+    let daemon = Daemon::start_jobs(jobs, &config.daemon, coord, runtime, store.clone()).await?;
+    let app = admin::router(
+        daemon.clone(),
+        store.clone(),
+        admin_cfg.token_secret.as_deref(),
+    );
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = admin_stopped.await;
+            })
+            .into_future(),
+    );
+    tracing::info!(admin = %admin_addr, store = %store.describe(), owner = %daemon.owner(), "tokenwarden running");
+    shutdown_signal().await;
+    let grace = config.daemon.shutdown_grace;
+    tracing::info!(
+        grace_s = grace.as_secs_f32(),
+        "stopping: no new runs; waiting for runs in flight"
+    );
+    let _ = stop_admin.send(());
+    let finished = daemon.shutdown(grace).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    tracing::info!(all_runs_finished = finished, "stopped");
+    Ok(exit::OK)
+}
+
+pub(super) async fn emulator(args: EmulatorArgs) -> anyhow::Result<u8> {
+    let (secret, secret_from) = match std::env::var(EMULATOR_SECRET_ENV) {
+        Ok(s) => (s, format!("${EMULATOR_SECRET_ENV}")),
+        Err(_) => (
+            emulator::DEMO_CLIENT_SECRET.to_string(),
+            format!("the built-in demo secret (set ${EMULATOR_SECRET_ENV} to choose one)"),
+        ),
+    };
+    let config = EmulatorConfig {
+        tenants: args.tenants,
+        clients: vec![(args.client_id.clone(), secret.clone())],
+        token_lifetime: args.lifetime,
+        latency: args.latency,
+        faults: args.faults,
+    };
+    let tenant = config.tenants.first().cloned().unwrap_or_default();
+    let server = Emulator::start(args.listen, config)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(addr = %server.addr, "emulator listening: POST /{{tenant}}/oauth2/v2.0/token, GET /v1.0/me");
+    // Printed for scripts that bind port 0 and need the address, then what a user needs
+    // to point a job at it. The demo secret is public (it is in this binary); a secret
+    // given through the environment is not printed.
+    println!("listening on {}", server.addr);
+    let shown = if secret == emulator::DEMO_CLIENT_SECRET {
+        secret.clone()
+    } else {
+        "(from the environment; not printed)".into()
+    };
+    println!(
+        "tenant {tenant}\nclient id {}\nclient secret {shown} ({secret_from})\n\n{}",
+        args.client_id,
+        crate::cli::setup::emulator_snippet(&server.authority(), &tenant, &args.client_id)
+    );
+    tokio::select! {
+        _ = server.wait() => Err(anyhow!("the emulator stopped unexpectedly")),
+        _ = shutdown_signal() => Ok(exit::OK),
+    }
+}

@@ -1,0 +1,1116 @@
+//! `tokenwarden.toml`: parsing and validation.
+//!
+//! Errors name the file, the line and the key: an operator fixing a config at 3 a.m. should
+//! not have to guess. Unknown keys are errors, not silently ignored typos. Every number is
+//! checked against a documented range here, when the file loads, so that nothing the file
+//! says can make a run panic or misbehave later (the ranges are listed in SECURITY.md).
+//! Loading is linear in the file's size: 100,000 jobs load in about a second.
+
+use super::{
+    AdminConfig, ClientAuth, Config, DEFAULT_ADMIN_LISTEN, DEFAULT_PG_KEY_FILE,
+    DEFAULT_RUN_TIMEOUT, DEFAULT_STORE, DaemonConfig, JobConfig, SecretRoles, StoreBackend,
+    StoreConfig,
+};
+use crate::egress::Origin;
+use crate::limits::RunLimits;
+use crate::schedule::Schedule;
+use crate::store::KeySource;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
+use std::ops::{Range, RangeInclusive};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// The largest config file read: a config with 100,000 jobs is about 40 MiB.
+pub const MAX_CONFIG_BYTES: u64 = 128 << 20;
+
+/// Form parameters the plugin owns; `token_params` cannot set them.
+pub const RESERVED_PARAMS: &[&str] = &[
+    "grant_type",
+    "client_id",
+    "client_secret",
+    "scope",
+    "client_assertion",
+    "client_assertion_type",
+];
+
+/// A config error: what is wrong and where.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}{}", hint(.path, .source))]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax, a wrong type or an unknown key; toml's message names line and key.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, with line, column and key.
+        message: String,
+    },
+    /// A setting that parses but cannot work.
+    #[error("config file {path}, line {line}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the offending setting.
+        line: usize,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+}
+
+/// What to do about a config file that is not there.
+fn hint(_path: &Path, e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        format!(
+            " (run `tokenwarden init` to write one, or point --config or ${} at yours)",
+            super::CONFIG_ENV
+        )
+    } else {
+        String::new()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    store: Option<RawStore>,
+    admin: Option<RawAdmin>,
+    daemon: Option<RawDaemon>,
+    limits: Option<RawLimits>,
+    #[serde(default)]
+    jobs: Vec<Spanned<RawJob>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    path: Option<Spanned<PathBuf>>,
+    url: Option<Spanned<String>>,
+    key_file: Option<Spanned<PathBuf>>,
+    lease_ttl: Option<Spanned<String>>,
+    poll_interval: Option<Spanned<String>>,
+    pool_size: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
+    token_secret: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    max_concurrent_runs: Option<Spanned<i64>>,
+    shutdown_grace: Option<Spanned<String>>,
+    refresh_lead: Option<Spanned<String>>,
+    retry_initial: Option<Spanned<String>>,
+    retry_max: Option<Spanned<String>>,
+    permanent_retry_initial: Option<Spanned<String>>,
+    permanent_retry_max: Option<Spanned<String>>,
+    throttle_default: Option<Spanned<String>>,
+    max_retry_after: Option<Spanned<String>>,
+    min_interval: Option<Spanned<String>>,
+}
+
+/// A size: bytes as a number, or text such as `"64 MiB"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(i64),
+    Text(String),
+}
+
+/// `[limits]` or `[jobs.limits]` as written; every key optional.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_memory: Option<Spanned<RawSize>>,
+    max_table_elements: Option<Spanned<i64>>,
+    connect_timeout: Option<Spanned<String>>,
+    first_byte_timeout: Option<Spanned<String>>,
+    between_bytes_timeout: Option<Spanned<String>>,
+    max_response_body: Option<Spanned<RawSize>>,
+    max_response_headers: Option<Spanned<i64>>,
+    max_response_header_bytes: Option<Spanned<RawSize>>,
+    max_resources: Option<Spanned<i64>>,
+    max_output_bytes: Option<Spanned<RawSize>>,
+    max_token_lifetime: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    name: Spanned<String>,
+    #[serde(default)]
+    scope: String,
+    authority: Option<Spanned<String>>,
+    token_url: Option<Spanned<String>>,
+    #[serde(default)]
+    client_auth: ClientAuth,
+    allowed_hosts: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    allow_insecure_http: bool,
+    schedule: Option<Spanned<String>>,
+    plugin: Option<PathBuf>,
+    secrets: Spanned<SecretRoles>,
+    token_params: Option<Spanned<BTreeMap<String, String>>>,
+    timeout: Option<Spanned<String>>,
+    limits: Option<RawLimits>,
+}
+
+/// Reads (at most [`MAX_CONFIG_BYTES`]) and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let read = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(read(std::io::Error::other(format!(
+            "larger than {} MiB",
+            MAX_CONFIG_BYTES >> 20
+        ))));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| {
+        read(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not UTF-8 text",
+        ))
+    })?;
+    parse(&text, path)
+}
+
+/// Line numbers of byte offsets, computed once per file (so errors cost no rescans).
+struct Lines(Vec<usize>);
+
+impl Lines {
+    fn new(text: &str) -> Self {
+        Self(
+            text.bytes()
+                .enumerate()
+                .filter(|(_, b)| *b == b'\n')
+                .map(|(i, _)| i)
+                .collect(),
+        )
+    }
+
+    fn of(&self, offset: usize) -> usize {
+        self.0.partition_point(|&nl| nl < offset) + 1
+    }
+}
+
+struct Ctx<'a> {
+    path: &'a Path,
+    lines: Lines,
+}
+
+impl Ctx<'_> {
+    fn invalid(&self, span: Range<usize>, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line: self.lines.of(span.start),
+            message,
+        }
+    }
+
+    /// A duration within `range`, e.g. `"10s"` or `"1h 30m"`.
+    fn duration(
+        &self,
+        v: &Spanned<String>,
+        key: &str,
+        range: RangeInclusive<Duration>,
+    ) -> Result<Duration, ConfigError> {
+        let bad = |why: String| {
+            self.invalid(
+                v.span(),
+                format!(
+                    "`{key}` = `{}`: {why}; give a duration from {} to {}, such as \"30s\" or \"1h 30m\"",
+                    v.get_ref(),
+                    humantime::format_duration(*range.start()),
+                    humantime::format_duration(*range.end())
+                ),
+            )
+        };
+        let d = humantime::parse_duration(v.get_ref()).map_err(|e| bad(e.to_string()))?;
+        if !range.contains(&d) {
+            return Err(bad("out of range".into()));
+        }
+        Ok(d)
+    }
+
+    /// A size within `range`, as bytes or text such as `"64 MiB"`.
+    fn size(
+        &self,
+        v: &Spanned<RawSize>,
+        key: &str,
+        range: RangeInclusive<u64>,
+    ) -> Result<u64, ConfigError> {
+        let bytes = match v.get_ref() {
+            RawSize::Bytes(n) => u64::try_from(*n).ok(),
+            RawSize::Text(t) => t.trim().parse::<bytesize::ByteSize>().ok().map(|b| b.0),
+        };
+        bytes.filter(|b| range.contains(b)).ok_or_else(|| {
+            self.invalid(
+                v.span(),
+                format!(
+                    "`{key}` must be a size from {} to {}, such as 1048576 or \"1 MiB\"",
+                    bytesize::ByteSize(*range.start()).display().iec(),
+                    bytesize::ByteSize(*range.end()).display().iec()
+                ),
+            )
+        })
+    }
+
+    /// A whole number within `range`.
+    fn count(
+        &self,
+        v: &Spanned<i64>,
+        key: &str,
+        range: RangeInclusive<usize>,
+    ) -> Result<usize, ConfigError> {
+        usize::try_from(*v.get_ref())
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| {
+                self.invalid(
+                    v.span(),
+                    format!(
+                        "`{key}` must be a whole number from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                )
+            })
+    }
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn ms(m: u64) -> Duration {
+    Duration::from_millis(m)
+}
+
+const MIN: u64 = 60;
+const HOUR: u64 = 3600;
+const DAY: u64 = 24 * HOUR;
+
+/// Parses config text as if read from `path`.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string().trim_end().to_string(),
+    })?;
+    let cx = Ctx {
+        path,
+        lines: Lines::new(text),
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    let store = store(&cx, raw.store, base)?;
+    let admin = admin(&cx, raw.admin)?;
+    let daemon = daemon(&cx, raw.daemon)?;
+    let default_limits = match &raw.limits {
+        Some(l) => limits(&cx, l, RunLimits::default(), "limits")?,
+        None => RunLimits::default(),
+    };
+    let mut jobs: Vec<JobConfig> = Vec::with_capacity(raw.jobs.len());
+    let mut names = HashSet::with_capacity(raw.jobs.len());
+    // Who reads and who writes each store name, to refuse a job whose token write would
+    // overwrite another job's credentials (or the admin token).
+    let mut writers: HashMap<String, (String, Range<usize>)> = HashMap::new();
+    let mut readers: HashMap<String, String> = HashMap::new();
+    if let Some(t) = &admin.token_secret {
+        readers.insert(t.clone(), "the admin API (`admin.token_secret`)".into());
+    }
+    for job in raw.jobs {
+        let span = job.span();
+        let j = job.into_inner();
+        let config = job_config(&cx, j, span.clone(), &default_limits, base)?;
+        if !names.insert(config.name.clone()) {
+            return Err(cx.invalid(span, format!("job name `{}` is used twice", config.name)));
+        }
+        for input in config.secrets.inputs() {
+            readers
+                .entry(input.to_string())
+                .or_insert_with(|| format!("job `{}`", config.name));
+        }
+        let token = config.secrets.access_token.clone();
+        if let Some((other, _)) = writers.get(&token) {
+            return Err(cx.invalid(
+                span,
+                format!(
+                    "job `{}`: `secrets.access_token` = `{token}` is also the token of job `{other}`; each job needs its own",
+                    config.name
+                ),
+            ));
+        }
+        writers.insert(token, (config.name.clone(), span));
+        jobs.push(config);
+    }
+    for (name, (job, span)) in &writers {
+        if let Some(reader) = readers.get(name) {
+            return Err(cx.invalid(
+                span.clone(),
+                format!(
+                    "job `{job}`: `secrets.access_token` = `{name}` is read by {reader}; a token endpoint's reply must never overwrite a credential"
+                ),
+            ));
+        }
+    }
+    Ok(Config {
+        path: path.to_path_buf(),
+        store,
+        admin,
+        daemon,
+        jobs,
+    })
+}
+
+fn store(cx: &Ctx<'_>, raw: Option<RawStore>, base: &Path) -> Result<StoreConfig, ConfigError> {
+    let Some(s) = raw else {
+        return Ok(StoreConfig::sqlite(base.join(DEFAULT_STORE)));
+    };
+    let mut config = match (&s.path, &s.url) {
+        (Some(p), Some(_)) => {
+            return Err(cx.invalid(
+                p.span(),
+                "`store.path` and `store.url` both set: give the SQLite file or the PostgreSQL URL"
+                    .into(),
+            ));
+        }
+        (Some(p), None) if p.get_ref().as_os_str().is_empty() => {
+            return Err(cx.invalid(p.span(), "`store.path` is empty".into()));
+        }
+        (Some(p), None) => StoreConfig::sqlite(base.join(p.get_ref())),
+        (None, Some(u)) => {
+            let url = u.get_ref();
+            if !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.contains('='))
+            {
+                return Err(cx.invalid(
+                    u.span(),
+                    "`store.url` must be a PostgreSQL connection string, e.g. \"postgresql://tokenwarden@db.example:5432/tokenwarden\"".into(),
+                ));
+            }
+            StoreConfig {
+                backend: StoreBackend::Postgres(url.clone()),
+                key: KeySource::env_or_file(base.join(DEFAULT_PG_KEY_FILE)),
+                ..StoreConfig::sqlite(base.join(DEFAULT_STORE))
+            }
+        }
+        (None, None) => StoreConfig::sqlite(base.join(DEFAULT_STORE)),
+    };
+    if let Some(k) = &s.key_file {
+        config.key = KeySource::env_or_file(base.join(k.get_ref()));
+    }
+    if let Some(v) = &s.lease_ttl {
+        config.lease_ttl = cx.duration(v, "store.lease_ttl", secs(1)..=secs(HOUR))?;
+    }
+    if let Some(v) = &s.poll_interval {
+        config.poll_interval = cx.duration(v, "store.poll_interval", ms(100)..=secs(MIN))?;
+    }
+    if let Some(v) = &s.pool_size {
+        config.pool_size = cx.count(v, "store.pool_size", 1..=256)?;
+    }
+    Ok(config)
+}
+
+fn admin(cx: &Ctx<'_>, raw: Option<RawAdmin>) -> Result<AdminConfig, ConfigError> {
+    let (listen, token_secret) = match raw {
+        Some(a) => (a.listen, a.token_secret),
+        None => (None, None),
+    };
+    let listen = match listen {
+        Some(l) => l.get_ref().parse().map_err(|_| {
+            cx.invalid(
+                l.span(),
+                format!(
+                    "`admin.listen` = `{}` is not an address like 127.0.0.1:8420",
+                    l.get_ref()
+                ),
+            )
+        })?,
+        None => DEFAULT_ADMIN_LISTEN.parse().expect("valid default"),
+    };
+    let token_secret = match token_secret {
+        Some(t) => {
+            crate::store::check_name(t.get_ref())
+                .map_err(|e| cx.invalid(t.span(), format!("`admin.token_secret`: {e}")))?;
+            Some(t.into_inner())
+        }
+        None => None,
+    };
+    Ok(AdminConfig {
+        listen,
+        token_secret,
+    })
+}
+
+fn daemon(cx: &Ctx<'_>, raw: Option<RawDaemon>) -> Result<DaemonConfig, ConfigError> {
+    let mut d = DaemonConfig::default();
+    let Some(r) = raw else {
+        return Ok(d);
+    };
+    let set = |v: &Option<Spanned<String>>,
+               key: &str,
+               range: RangeInclusive<Duration>,
+               into: &mut Duration| {
+        if let Some(v) = v {
+            *into = cx.duration(v, &format!("daemon.{key}"), range)?;
+        }
+        Ok::<_, ConfigError>(())
+    };
+    let p = &mut d.policy;
+    set(
+        &r.shutdown_grace,
+        "shutdown_grace",
+        secs(0)..=secs(HOUR),
+        &mut d.shutdown_grace,
+    )?;
+    set(
+        &r.refresh_lead,
+        "refresh_lead",
+        secs(0)..=secs(DAY),
+        &mut p.refresh_lead,
+    )?;
+    set(
+        &r.retry_initial,
+        "retry_initial",
+        ms(100)..=secs(HOUR),
+        &mut p.retry_initial,
+    )?;
+    set(
+        &r.retry_max,
+        "retry_max",
+        p.retry_initial..=secs(DAY),
+        &mut p.retry_max,
+    )?;
+    set(
+        &r.permanent_retry_initial,
+        "permanent_retry_initial",
+        secs(1)..=secs(DAY),
+        &mut p.permanent_retry_initial,
+    )?;
+    set(
+        &r.permanent_retry_max,
+        "permanent_retry_max",
+        p.permanent_retry_initial..=secs(7 * DAY),
+        &mut p.permanent_retry_max,
+    )?;
+    set(
+        &r.throttle_default,
+        "throttle_default",
+        secs(1)..=secs(HOUR),
+        &mut p.throttle_default,
+    )?;
+    set(
+        &r.max_retry_after,
+        "max_retry_after",
+        secs(1)..=secs(DAY),
+        &mut p.max_retry_after,
+    )?;
+    set(
+        &r.min_interval,
+        "min_interval",
+        secs(1)..=secs(HOUR),
+        &mut p.min_interval,
+    )?;
+    if r.retry_max.is_none() && p.retry_max < p.retry_initial {
+        p.retry_max = p.retry_initial;
+    }
+    if r.permanent_retry_max.is_none() && p.permanent_retry_max < p.permanent_retry_initial {
+        p.permanent_retry_max = p.permanent_retry_initial;
+    }
+    if let Some(n) = &r.max_concurrent_runs {
+        d.max_concurrent_runs = cx.count(n, "daemon.max_concurrent_runs", 1..=4096)?;
+    }
+    Ok(d)
+}
+
+fn limits(
+    cx: &Ctx<'_>,
+    raw: &RawLimits,
+    base: RunLimits,
+    prefix: &str,
+) -> Result<RunLimits, ConfigError> {
+    let key = |k: &str| format!("{prefix}.{k}");
+    let mut l = base;
+    if let Some(v) = &raw.max_memory {
+        l.max_memory = cx.size(v, &key("max_memory"), 1 << 20..=4 << 30)? as usize;
+    }
+    if let Some(v) = &raw.max_table_elements {
+        l.max_table_elements = cx.count(v, &key("max_table_elements"), 1..=1_000_000)?;
+    }
+    let timeouts = ms(100)..=secs(10 * MIN);
+    if let Some(v) = &raw.connect_timeout {
+        l.http.connect_timeout = cx.duration(v, &key("connect_timeout"), timeouts.clone())?;
+    }
+    if let Some(v) = &raw.first_byte_timeout {
+        l.http.first_byte_timeout = cx.duration(v, &key("first_byte_timeout"), timeouts.clone())?;
+    }
+    if let Some(v) = &raw.between_bytes_timeout {
+        l.http.between_bytes_timeout = cx.duration(v, &key("between_bytes_timeout"), timeouts)?;
+    }
+    if let Some(v) = &raw.max_response_body {
+        l.http.max_response_body = cx.size(v, &key("max_response_body"), 1 << 10..=64 << 20)?;
+    }
+    if let Some(v) = &raw.max_response_headers {
+        l.http.max_response_headers = cx.count(v, &key("max_response_headers"), 1..=1000)?;
+    }
+    if let Some(v) = &raw.max_response_header_bytes {
+        l.http.max_response_header_bytes =
+            cx.size(v, &key("max_response_header_bytes"), 1 << 10..=1 << 20)? as usize;
+    }
+    if let Some(v) = &raw.max_resources {
+        l.max_resources = cx.count(v, &key("max_resources"), 10..=1_000_000)?;
+    }
+    if let Some(v) = &raw.max_output_bytes {
+        l.max_output_bytes = cx.size(v, &key("max_output_bytes"), 1..=16 << 20)? as usize;
+    }
+    if let Some(v) = &raw.max_token_lifetime {
+        l.max_token_lifetime =
+            cx.duration(v, &key("max_token_lifetime"), secs(MIN)..=secs(366 * DAY))?;
+    }
+    Ok(l)
+}
+
+fn valid_job_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// The host exactly as written in `url` (what the plugin will put on the wire): between
+/// `://` (and any userinfo) and the port, path, query or fragment.
+fn literal_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split(']').next();
+    }
+    Some(authority.rsplit_once(':').map_or(authority, |(h, _)| h))
+}
+
+/// Checks an endpoint URL as both sides will read it: the host must be written the way the
+/// host's URL parser normalises it, or the allow-list (which sees the normalised form) and
+/// the plugin (which sends the literal one) would disagree about where a request goes.
+fn endpoint(
+    cx: &Ctx<'_>,
+    v: &Spanned<String>,
+    key: &str,
+    job: &str,
+) -> Result<Origin, ConfigError> {
+    let text = v.get_ref();
+    let origin = Origin::of_url(text)
+        .map_err(|e| cx.invalid(v.span(), format!("job `{job}`: `{key}` {e}")))?;
+    let literal = literal_host(text).unwrap_or_default().to_ascii_lowercase();
+    if literal.ends_with('.') {
+        return Err(cx.invalid(
+            v.span(),
+            format!("job `{job}`: `{key}` = `{text}`: drop the trailing dot of the host"),
+        ));
+    }
+    if literal != origin.host {
+        return Err(cx.invalid(
+            v.span(),
+            format!(
+                "job `{job}`: `{key}` = `{text}`: write the host as `{}` (the form every part of tokenwarden reads the same way)",
+                origin.host
+            ),
+        ));
+    }
+    Ok(origin)
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn job_config(
+    cx: &Ctx<'_>,
+    j: RawJob,
+    span: Range<usize>,
+    default_limits: &RunLimits,
+    base: &Path,
+) -> Result<JobConfig, ConfigError> {
+    let name = j.name.get_ref().clone();
+    if !valid_job_name(&name) {
+        return Err(cx.invalid(
+            j.name.span(),
+            format!(
+                "job name {} must match [a-z0-9_-]+ (at most 128 characters)",
+                crate::text::quoted(&name)
+            ),
+        ));
+    }
+    let ctx = |key: &str, why: String| format!("job `{name}`: `{key}` {why}");
+    let roles = j.secrets.get_ref();
+    for (role, store_name) in [
+        ("client_id", Some(&roles.client_id)),
+        ("client_secret", Some(&roles.client_secret)),
+        ("tenant_id", roles.tenant_id.as_ref()),
+        ("access_token", Some(&roles.access_token)),
+    ] {
+        if let Some(n) = store_name {
+            crate::store::check_name(n).map_err(|e| {
+                cx.invalid(
+                    j.secrets.span(),
+                    ctx(&format!("secrets.{role}"), e.to_string()),
+                )
+            })?;
+        }
+    }
+    if roles.inputs().any(|n| n == roles.access_token) {
+        return Err(cx.invalid(
+            j.secrets.span(),
+            ctx(
+                "secrets.access_token",
+                "names one of the job's own credentials; the token needs a name of its own".into(),
+            ),
+        ));
+    }
+    let mut endpoint_origin = None;
+    for (key, value) in [("authority", &j.authority), ("token_url", &j.token_url)] {
+        if let Some(v) = value {
+            endpoint_origin = Some((endpoint(cx, v, key, &name)?, v.span(), key));
+        }
+    }
+    if j.token_url.is_none() && roles.tenant_id.is_none() {
+        return Err(cx.invalid(
+            j.secrets.span(),
+            ctx(
+                "secrets.tenant_id",
+                "is required unless `token_url` is set".into(),
+            ),
+        ));
+    }
+    let is_entra = j.token_url.is_none()
+        && endpoint_origin
+            .as_ref()
+            .is_none_or(|(o, _, _)| o.host.starts_with("login.microsoftonline."));
+    if is_entra && !j.scope.ends_with("/.default") {
+        return Err(cx.invalid(
+            span,
+            ctx(
+                "scope",
+                format!(
+                    "= `{}`: Microsoft Entra ID's client-credentials flow needs `{{resource}}/.default`",
+                    j.scope
+                ),
+            ),
+        ));
+    }
+    if let Some((origin, span, key)) = &endpoint_origin
+        && origin.scheme == "http"
+        && !is_loopback_host(&origin.host)
+        && !j.allow_insecure_http
+    {
+        return Err(cx.invalid(
+            span.clone(),
+            ctx(
+                key,
+                format!(
+                    "is plain http to `{}`: the client secret would cross the network unencrypted. Use https, or set `allow_insecure_http = true` for this job if the network is trusted",
+                    origin.host
+                ),
+            ),
+        ));
+    }
+    let mut allowed_hosts = Vec::new();
+    for h in j.allowed_hosts.unwrap_or_default() {
+        let origin = Origin::parse(h.get_ref())
+            .map_err(|e| cx.invalid(h.span(), ctx("allowed_hosts", e)))?;
+        allowed_hosts.push(origin);
+    }
+    if !allowed_hosts.is_empty() {
+        let (origin, span, key) = match &endpoint_origin {
+            Some((o, s, k)) => (o.clone(), s.clone(), *k),
+            None => (
+                Origin::of_url(super::DEFAULT_AUTHORITY).expect("valid default"),
+                span.clone(),
+                "authority",
+            ),
+        };
+        if !allowed_hosts
+            .iter()
+            .any(|a| a.matches(&origin.scheme, &origin.host, origin.port))
+        {
+            return Err(cx.invalid(
+                span,
+                ctx(
+                    key,
+                    format!(
+                        "is at {origin}, which `allowed_hosts` does not list: every refresh would be refused"
+                    ),
+                ),
+            ));
+        }
+    }
+    let token_params = j
+        .token_params
+        .unwrap_or_else(|| Spanned::new(0..0, BTreeMap::new()));
+    for key in token_params.get_ref().keys() {
+        if RESERVED_PARAMS.contains(&key.as_str()) {
+            return Err(cx.invalid(
+                token_params.span(),
+                ctx(
+                    "token_params",
+                    format!("sets `{key}`, which the plugin sets itself"),
+                ),
+            ));
+        }
+    }
+    let schedule = match &j.schedule {
+        Some(s) => {
+            Schedule::parse(s.get_ref()).map_err(|e| cx.invalid(s.span(), ctx("schedule", e)))?
+        }
+        None => Schedule::Auto,
+    };
+    let timeout = match &j.timeout {
+        Some(t) => cx.duration(t, &format!("jobs.{name}.timeout"), secs(1)..=secs(HOUR))?,
+        None => DEFAULT_RUN_TIMEOUT,
+    };
+    let limits = match &j.limits {
+        Some(l) => limits(cx, l, *default_limits, &format!("jobs.{name}.limits"))?,
+        None => *default_limits,
+    };
+    Ok(JobConfig {
+        name,
+        scope: j.scope,
+        authority: j.authority.map(Spanned::into_inner),
+        token_url: j.token_url.map(Spanned::into_inner),
+        client_auth: j.client_auth,
+        allowed_hosts,
+        allow_insecure_http: j.allow_insecure_http,
+        schedule,
+        plugin: j.plugin.map(|p| base.join(p)),
+        secrets: j.secrets.into_inner(),
+        token_params: token_params.into_inner(),
+        timeout,
+        limits,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[store]
+path = "data/tw.db"
+
+[[jobs]]
+name = "graph"
+scope = "https://graph.microsoft.com/.default"
+schedule = "every 45m"
+[jobs.secrets]
+client_id = "Microsoft Client ID"
+client_secret = "Microsoft Client Secret"
+tenant_id = "Microsoft Tenant ID"
+access_token = "Microsoft Access Token"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        super::parse(text, Path::new("/etc/tw/tokenwarden.toml"))
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(
+            c.store.backend,
+            StoreBackend::Sqlite(PathBuf::from("/etc/tw/data/tw.db"))
+        );
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:8420");
+        let j = &c.jobs[0];
+        assert_eq!(j.schedule, Schedule::Every(Duration::from_secs(45 * 60)));
+        assert_eq!(j.secrets.tenant_id.as_deref(), Some("Microsoft Tenant ID"));
+        assert_eq!(
+            j.effective_allow_list().unwrap(),
+            vec![Origin::parse("https://login.microsoftonline.com").unwrap()]
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let e = err(&GOOD.replace("schedule = ", "schedul = "));
+        assert!(e.contains("schedul") && e.contains("line 8"), "{e}");
+        assert!(e.contains("/etc/tw/tokenwarden.toml"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_line_and_key() {
+        let cases = [
+            (
+                "name = \"graph\"",
+                "name = \"Graph!\"",
+                "line 6",
+                "must match",
+            ),
+            ("\"every 45m\"", "\"every soon\"", "line 8", "schedule"),
+            (
+                "scope = \"https://graph.microsoft.com/.default\"",
+                "scope = \"User.Read\"",
+                "",
+                "/.default",
+            ),
+            ("tenant_id = \"Microsoft Tenant ID\"\n", "", "", "tenant_id"),
+        ];
+        for (from, to, line, needle) in cases {
+            let e = err(&GOOD.replace(from, to));
+            assert!(e.contains(line) && e.contains(needle), "{e}");
+        }
+    }
+
+    #[test]
+    fn token_url_jobs_need_no_tenant_and_any_scope() {
+        let text = r#"
+[[jobs]]
+name = "okta"
+token_url = "http://127.0.0.1:9000/oauth2/token"
+client_auth = "client_secret_basic"
+scope = "api.read"
+allowed_hosts = ["http://127.0.0.1:9000"]
+[jobs.secrets]
+client_id = "id"
+client_secret = "secret"
+access_token = "token"
+"#;
+        let c = parse(text).unwrap();
+        assert_eq!(c.jobs[0].client_auth, ClientAuth::ClientSecretBasic);
+        assert!(c.jobs[0].secrets.tenant_id.is_none());
+    }
+
+    #[test]
+    fn duplicate_job_names_are_refused() {
+        let mut text = GOOD.to_string();
+        text.push_str(
+            &GOOD[GOOD.find("[[jobs]]").unwrap()..].replace("Microsoft Access Token", "Other"),
+        );
+        assert!(err(&text).contains("used twice"));
+    }
+
+    #[test]
+    fn limits_have_defaults_global_overrides_and_job_overrides() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.jobs[0].limits, RunLimits::default());
+        let text = GOOD.replace(
+            "[[jobs]]",
+            "[limits]\nmax_memory = \"16 MiB\"\nconnect_timeout = \"2s\"\n\n[[jobs]]",
+        ) + "[jobs.limits]\nmax_memory = 8388608\nmax_response_body = \"64 KiB\"\n";
+        let l = parse(&text).unwrap().jobs[0].limits;
+        assert_eq!(l.max_memory, 8 << 20, "the job's value wins");
+        assert_eq!(l.http.connect_timeout, Duration::from_secs(2));
+        assert_eq!(l.http.max_response_body, 64 * 1024);
+        assert_eq!(l.max_resources, RunLimits::default().max_resources);
+    }
+
+    /// Every number is refused outside its documented range when the file loads: zero,
+    /// one past the ends, the largest integers, wrong units.
+    #[test]
+    fn out_of_range_numbers_are_refused_at_load() {
+        let limit_cases = [
+            "max_memory = \"lots\"",
+            "max_memory = 0",
+            "max_memory = \"16 EiB\"",
+            "max_memory = 9223372036854775807",
+            "max_memory = -1",
+            "connect_timeout = \"0s\"",
+            "connect_timeout = \"18446744073709551615s\"",
+            "first_byte_timeout = \"11m\"",
+            "max_resources = -1",
+            "max_resources = 9223372036854775807",
+            "max_response_headers = 9223372036854775807",
+            "max_response_headers = 0",
+            "max_response_body = \"1 TiB\"",
+            "max_output_bytes = 0",
+            "max_token_lifetime = \"1s\"",
+            "max_stack = 1",
+        ];
+        for bad in limit_cases {
+            let e = err(&format!("{GOOD}[jobs.limits]\n{bad}\n"));
+            let key = bad.split(' ').next().unwrap();
+            assert!(e.contains(key) && e.contains("line 15"), "{bad}: {e}");
+        }
+        let daemon_cases = [
+            "shutdown_grace = \"18446744073709551615s\"",
+            "retry_initial = \"0s\"",
+            "retry_initial = \"10ms\"",
+            "retry_max = \"1ms\"",
+            "throttle_default = \"9999999999h\"",
+            "max_retry_after = \"0s\"",
+            "min_interval = \"0s\"",
+            "permanent_retry_max = \"30d\"",
+            "max_concurrent_runs = 0",
+            "max_concurrent_runs = 9223372036854775807",
+            "refresh_lead = \"2d\"",
+        ];
+        for bad in daemon_cases {
+            let e = err(&format!("[daemon]\n{bad}\n{GOOD}"));
+            let key = bad.split(' ').next().unwrap();
+            assert!(e.contains(key) && e.contains("line 2"), "{bad}: {e}");
+        }
+        for bad in [
+            "timeout = \"0s\"",
+            "timeout = \"18446744073709551615s\"",
+            "schedule = \"every 18446744073709551615s\"",
+            "schedule = \"every 0s\"",
+            "schedule = \"every 400d\"",
+        ] {
+            let e = err(&GOOD.replace("schedule = \"every 45m\"", bad));
+            assert!(e.contains("line 8"), "{bad}: {e}");
+        }
+        for bad in [
+            "lease_ttl = \"0s\"",
+            "poll_interval = \"1ms\"",
+            "pool_size = 0",
+        ] {
+            let e = err(&GOOD.replace("path = \"data/tw.db\"", &format!("path = \"x.db\"\n{bad}")));
+            assert!(e.contains(bad.split(' ').next().unwrap()), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn endpoints_that_would_fail_at_run_time_are_refused_at_load() {
+        let job = |extra: &str| {
+            format!(
+                "[[jobs]]\nname = \"j\"\nscope = \"s\"\n{extra}\n[jobs.secrets]\nclient_id = \"id\"\nclient_secret = \"secret\"\naccess_token = \"token\"\n"
+            )
+        };
+        let cases = [
+            (
+                "token_url = \"https://idp.example/t\"\nallowed_hosts = [\"https://other.example\"]",
+                "allowed_hosts",
+            ),
+            ("token_url = \"http://2130706433/t\"", "127.0.0.1"),
+            ("token_url = \"http://0x7f.1/t\"", "127.0.0.1"),
+            ("token_url = \"https://IDP.example./t\"", "trailing dot"),
+            (
+                "token_url = \"http://idp.example/t\"",
+                "allow_insecure_http",
+            ),
+            (
+                "token_url = \"https://idp.example/t\"\ntoken_params = { client_secret = \"x\" }",
+                "client_secret",
+            ),
+            (
+                "token_url = \"https://idp.example/t\"\ntoken_params = { grant_type = \"password\" }",
+                "grant_type",
+            ),
+        ];
+        for (extra, needle) in cases {
+            let e = err(&job(extra));
+            assert!(e.contains(needle) && e.contains("line"), "{extra}: {e}");
+        }
+        parse(&job(
+            "token_url = \"http://idp.example/t\"\nallow_insecure_http = true",
+        ))
+        .unwrap();
+        parse(&job("token_url = \"http://localhost:8421/t\"")).unwrap();
+        parse(&job("token_url = \"http://[::1]:8421/t\"")).unwrap();
+        parse(&job("token_url = \"https://idp.example/t\"\nallowed_hosts = [\"https://*.example\", \"https://idp.example\"]")).unwrap();
+    }
+
+    #[test]
+    fn a_token_may_not_overwrite_a_credential() {
+        let other = GOOD[GOOD.find("[[jobs]]").unwrap()..]
+            .replace("\"graph\"", "\"other\"")
+            .replace("Microsoft Client", "Other Client")
+            .replace("Microsoft Tenant", "Other Tenant")
+            .replace("Microsoft Access Token", "Microsoft Client Secret");
+        let two = format!("[admin]\ntoken_secret = \"Admin Token\"\n{GOOD}{other}");
+        let e = err(&two);
+        assert!(
+            e.contains("Microsoft Client Secret") && e.contains("job `graph`"),
+            "{e}"
+        );
+        let admin = format!(
+            "[admin]\ntoken_secret = \"Admin Token\"\n{}",
+            GOOD.replace("Microsoft Access Token", "Admin Token")
+        );
+        assert!(err(&admin).contains("admin API"));
+        let own = GOOD.replace("\"Microsoft Access Token\"", "\"Microsoft Client ID\"");
+        assert!(err(&own).contains("own credentials"));
+        let shared = format!(
+            "{GOOD}{}",
+            GOOD[GOOD.find("[[jobs]]").unwrap()..].replace("\"graph\"", "\"other\"")
+        );
+        assert!(err(&shared).contains("also the token of job"));
+    }
+
+    #[test]
+    fn store_backends() {
+        let pg = GOOD.replace(
+            "path = \"data/tw.db\"",
+            "url = \"postgresql://tw@db.example:5432/tw?host=/run/postgresql\"\nlease_ttl = \"20s\"",
+        );
+        let c = parse(&pg).unwrap();
+        assert!(
+            matches!(c.store.backend, StoreBackend::Postgres(ref u) if u.contains("db.example"))
+        );
+        assert_eq!(c.store.lease_ttl, Duration::from_secs(20));
+        let both = GOOD.replace(
+            "path = \"data/tw.db\"",
+            "path = \"a\"\nurl = \"postgresql://x\"",
+        );
+        assert!(err(&both).contains("both"));
+        let bad = GOOD.replace("path = \"data/tw.db\"", "url = \"mysql://x\"");
+        assert!(err(&bad).contains("PostgreSQL"));
+    }
+
+    proptest::proptest! {
+        /// Whatever the text, parsing returns a value or a typed error; it never panics.
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+            let _ = parse(&text);
+        }
+
+        /// Mutations of a valid file: still never a panic, and an error names the file.
+        #[test]
+        fn mutated_config_errors_name_the_file(at in 0usize..GOOD.len(), insert in "[\\[\\]=\"a-z0-9 \\n.#*]{0,8}") {
+            let mut text = GOOD.to_string();
+            let at = (0..=at).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+            text.insert_str(at, &insert);
+            if let Err(e) = parse(&text) {
+                proptest::prop_assert!(e.to_string().contains("/etc/tw/tokenwarden.toml"), "{e}");
+            }
+        }
+
+        /// Origins: parsing and printing round-trip, and an origin matches itself.
+        #[test]
+        fn origins_round_trip(scheme in "https?", host in "[a-z][a-z0-9-]{0,20}(\\.[a-z]{2,6}){0,2}", port in 1u16..) {
+            let text = format!("{scheme}://{host}:{port}");
+            let o = Origin::parse(&text).unwrap();
+            proptest::prop_assert_eq!(Origin::parse(&o.to_string()).unwrap(), o);
+        }
+    }
+}
