@@ -357,7 +357,7 @@ async fn demo_runs_offline_and_tells_the_story() {
         "catch-up  ok",
         "schedule  ok",
         "FAILED  token endpoint server error (HTTP 503), retryable; last good token kept",
-        "temporarily_unavailable (HTTP 503, AADSTS50001), retryable",
+        "temporarily_unavailable (HTTP 503, AADSTS90006), retryable",
         "throttled (HTTP 429), Retry-After 1s",
         "manual    ok",
         "HTTP 200, ok=true (the same call without the bearer token: HTTP 401)",

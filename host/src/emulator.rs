@@ -148,6 +148,10 @@ struct Issued {
 
 struct Inner {
     config: EmulatorConfig,
+    /// The tenants, lower-cased, for a constant-time check whatever their number.
+    tenants: std::collections::HashSet<String>,
+    /// When tokens were issued, per tenant (lower-cased): tests count refreshes per job.
+    issued_at: HashMap<String, Vec<SystemTime>>,
     faults: VecDeque<Fault>,
     issued: HashMap<String, Issued>,
     /// Size of `issued` at which expired tokens are next swept out.
@@ -163,8 +167,15 @@ impl EmulatorState {
     /// State for `config`.
     pub fn new(config: EmulatorConfig) -> Self {
         let faults = config.faults.iter().cloned().collect();
+        let tenants = config
+            .tenants
+            .iter()
+            .map(|t| t.to_ascii_lowercase())
+            .collect();
         Self(Arc::new(Mutex::new(Inner {
             config,
+            tenants,
+            issued_at: HashMap::new(),
             faults,
             issued: HashMap::new(),
             sweep_at: 1024,
@@ -189,6 +200,24 @@ impl EmulatorState {
     /// Changes the lifetime of tokens issued from now on.
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         self.lock().config.token_lifetime = lifetime;
+    }
+
+    /// When tokens were issued for `tenant`, oldest first.
+    pub fn issue_times(&self, tenant: &str) -> Vec<SystemTime> {
+        self.lock()
+            .issued_at
+            .get(&tenant.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Whether a token issued for `tenant` is valid now.
+    pub fn has_valid_token(&self, tenant: &str) -> bool {
+        let now = SystemTime::now();
+        self.lock()
+            .issued
+            .values()
+            .any(|i| i.tenant.eq_ignore_ascii_case(tenant) && i.expires > now)
     }
 
     /// Whether `token` is one this emulator issued and has not expired.
@@ -356,7 +385,7 @@ async fn token(
             return entra_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
-                50001,
+                90006,
                 "The service is temporarily unavailable.",
             );
         }
@@ -382,12 +411,7 @@ async fn token(
 fn issue(state: &EmulatorState, tenant: &str, headers: &HeaderMap, body: &[u8]) -> Response {
     let form: HashMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
     let mut inner = state.lock();
-    if !inner
-        .config
-        .tenants
-        .iter()
-        .any(|t| t.eq_ignore_ascii_case(tenant))
-    {
+    if !inner.tenants.contains(&tenant.to_ascii_lowercase()) {
         return entra_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
@@ -517,6 +541,11 @@ fn issue(state: &EmulatorState, tenant: &str, headers: &HeaderMap, body: &[u8]) 
         },
     );
     inner.stats.tokens_issued += 1;
+    inner
+        .issued_at
+        .entry(tenant.to_ascii_lowercase())
+        .or_default()
+        .push(now);
     Json(json!({
         "token_type": "Bearer",
         "expires_in": lifetime.as_secs(),

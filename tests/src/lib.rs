@@ -125,6 +125,14 @@ pub fn url_job(token_url: &str, scope: &str) -> JobConfig {
     job
 }
 
+/// A `[[jobs]]` entry against an Entra-style `authority`, with the fixture's client id and
+/// secret, the tenant from `tenant_secret` and the token stored as `token_secret`.
+pub fn job_toml(name: &str, authority: &str, tenant_secret: &str, token_secret: &str) -> String {
+    format!(
+        "[[jobs]]\nname = \"{name}\"\nscope = \"{SCOPE}\"\nauthority = \"{authority}\"\n[jobs.secrets]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\ntenant_id = \"{tenant_secret}\"\naccess_token = \"{token_secret}\"\n"
+    )
+}
+
 /// The emulator with default (demo) credentials on an ephemeral port.
 pub async fn start_emulator() -> Emulator {
     start_emulator_with(EmulatorConfig::default()).await
@@ -300,4 +308,315 @@ pub async fn get_with_bearer(addr: std::net::SocketAddr, path: &str, token: &str
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
+}
+
+/// A throwaway PostgreSQL cluster of the test's own: `initdb` in a temporary folder,
+/// listening only on a Unix socket in that folder, stopped and removed on drop. As root,
+/// the server runs as the `postgres` user (PostgreSQL refuses to run as root).
+pub struct PgCluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    as_postgres: bool,
+}
+
+/// Where the PostgreSQL server binaries are: `$TOKENWARDEN_PG_BIN`, else the newest
+/// `/usr/lib/postgresql/*/bin` (Debian's layout), else `pg_ctl` on `PATH`.
+fn pg_bin() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TOKENWARDEN_PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("pg_ctl").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return bin;
+    }
+    let on_path = std::process::Command::new("sh")
+        .args(["-c", "command -v pg_ctl"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    on_path.and_then(|p| p.parent().map(PathBuf::from)).expect(
+        "the PostgreSQL tests need the server binaries: `apt-get install postgresql` \
+             (or set TOKENWARDEN_PG_BIN to the folder holding initdb and pg_ctl)",
+    )
+}
+
+impl PgCluster {
+    /// Creates and starts a cluster with a `tokenwarden` database.
+    pub fn start() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = pg_bin();
+        let dir = tempfile::Builder::new()
+            .prefix("twpg")
+            .tempdir()
+            .expect("tempdir");
+        let as_postgres = is_root();
+        if as_postgres {
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let cluster = Self {
+            dir,
+            bin,
+            as_postgres,
+        };
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                &cluster.data().display().to_string(),
+                "--auth=trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        cluster.start_again();
+        cluster.run(
+            "createdb",
+            &[
+                "-h",
+                &cluster.socket_dir().display().to_string(),
+                "-U",
+                "postgres",
+                "tokenwarden",
+            ],
+        );
+        cluster
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The folder of the server's Unix socket.
+    pub fn socket_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// The store URL for the `tokenwarden` database (libpq URL with a socket host).
+    pub fn url(&self) -> String {
+        format!(
+            "postgresql://postgres@/tokenwarden?host={}",
+            self.socket_dir().display()
+        )
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let exe = self.bin.join(tool);
+        let mut cmd = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            std::process::Command::new(&exe)
+        };
+        let out = cmd
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()));
+        assert!(
+            out.status.success(),
+            "{tool} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts the server (again, after [`PgCluster::stop`]) and waits until it accepts
+    /// connections.
+    pub fn start_again(&self) {
+        let options = format!(
+            "-k {} -c listen_addresses='' -c fsync=off -c max_connections=200",
+            self.socket_dir().display()
+        );
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data().display().to_string(),
+                "-l",
+                &self.dir.path().join("server.log").display().to_string(),
+                "-w",
+                "-o",
+                &options,
+                "start",
+            ],
+        );
+    }
+
+    /// Adds a login role that must give `password` (SCRAM) on the socket.
+    pub fn add_password_user(&self, user: &str, password: &str) {
+        self.run(
+            "psql",
+            &[
+                "-h",
+                &self.socket_dir().display().to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "tokenwarden",
+                "-c",
+                &format!(
+                    "CREATE ROLE {user} LOGIN PASSWORD '{password}'; GRANT ALL ON SCHEMA public TO {user};"
+                ),
+            ],
+        );
+        let hba = self.data().join("pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(&hba, format!("local all {user} scram-sha-256\n{old}")).unwrap();
+        self.run(
+            "pg_ctl",
+            &["-D", &self.data().display().to_string(), "reload"],
+        );
+    }
+
+    /// Stops the server at once (connections are cut, like a crash or a restart).
+    pub fn stop(&self) {
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data().display().to_string(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let exe = self.bin.join("pg_ctl");
+        let data = self.data();
+        let mut cmd = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            std::process::Command::new(&exe)
+        };
+        let _ = cmd
+            .args(["-D", &data.display().to_string(), "-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+fn is_root() -> bool {
+    // `id -u` rather than a libc call: the workspace denies unsafe code.
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// `tokenwarden run` as a child process, with its JSON log collected.
+pub struct DaemonProc {
+    pub child: tokio::process::Child,
+    /// Where its admin API listens.
+    pub admin: std::net::SocketAddr,
+    /// Its process id.
+    pub pid: u32,
+    log: Arc<Mutex<String>>,
+}
+
+impl DaemonProc {
+    /// Starts `bin run --config config` (with `env` added) and waits until it serves its
+    /// admin API.
+    pub async fn spawn(bin: &str, config: &std::path::Path, env: &[(&str, &str)]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.args(["run", "--log-format", "json", "--config"])
+            .arg(config)
+            .env_remove("TOKENWARDEN_CONFIG")
+            .env("TOKENWARDEN_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn the daemon");
+        let pid = child.id().expect("pid");
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = Arc::new(Mutex::new(String::new()));
+        let admin = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                log.lock().unwrap().push_str(&line);
+                log.lock().unwrap().push('\n');
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if v["fields"]["message"] == "tokenwarden running" {
+                    return v["fields"]["admin"].as_str().unwrap().parse().unwrap();
+                }
+            }
+            panic!("the daemon exited before serving: {}", log.lock().unwrap());
+        })
+        .await
+        .expect("the daemon serves within a minute");
+        let sink = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        Self {
+            child,
+            admin,
+            pid,
+            log,
+        }
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// `GET path` on its admin API (no auth: the tests' daemons listen on loopback).
+    pub async fn get(&self, path: &str) -> tokenwarden::client::Reply {
+        tokenwarden::client::get(self.admin, path, None)
+            .await
+            .expect("admin API answers")
+    }
+
+    /// Sends `signal` (`-KILL`, `-TERM`, ...).
+    pub fn signal(&self, signal: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([signal, &self.pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+/// Waits up to `within` for `check` to hold, polling every 50 ms.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "not within {within:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

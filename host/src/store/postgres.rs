@@ -160,7 +160,11 @@ fn classify(store: &str, e: &tokio_postgres::Error) -> StoreError {
     };
     let message = match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+        // tokio-postgres puts the detail ("password missing", the I/O error) in the source.
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     };
     if retryable {
         StoreError::Unavailable {
@@ -358,6 +362,12 @@ async fn migrate(
         .map_err(err)?;
         tracing::info!(%store, version, "applied a store schema migration");
     }
+    // Under the lock, look for the key file again: another process on this host may have
+    // created the store (and its key file) a moment ago.
+    let master = match master {
+        Some(m) => Some(m),
+        None => MasterKeys::load(source)?,
+    };
     let key = current_key(&tx, store).await?;
     let has_rows: bool = tx
         .query_one("SELECT EXISTS (SELECT 1 FROM tokenwarden_secrets)", &[])

@@ -347,6 +347,12 @@ fn upgrade(
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(err)?;
+    // Under the write lock, look for the key file again: a process that created the store
+    // a moment ago wrote its key file before it committed.
+    let master = match master {
+        Some(m) => Some(m),
+        None => MasterKeys::load(source)?,
+    };
     tx.execute_batch(SCHEMA).map_err(err)?;
     for (column, decl) in [
         ("key_version", "INTEGER NOT NULL DEFAULT 0"),
