@@ -191,7 +191,10 @@ async fn a_non_allowed_origin_is_denied_before_any_request() {
     let e = plugin_error(run(&job, &f).await);
     assert_eq!(
         e,
-        PluginError::EgressDenied(format!("http://{}", server.addr))
+        PluginError::EgressDenied(format!(
+            "http://{}, which is not in the job's allowed_hosts",
+            server.addr
+        ))
     );
     assert!(server.received().is_empty(), "a request reached the server");
     assert!(f.get(ACCESS_TOKEN).await.is_none());

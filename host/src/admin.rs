@@ -1,10 +1,17 @@
 //! The daemon's admin API.
 //!
 //! `GET /healthz` (alive) and `GET /readyz` (every job holds an unexpired token) are open.
-//! Everything else demands `Authorization: Bearer <token>`, the token being the value of the
-//! store secret named by `[admin] token_secret`, read on every request so that rotating it
-//! needs no restart. Without `token_secret` the API is open, and is then refused anywhere but
-//! loopback. Responses never contain a token or secret.
+//! Everything else demands `Authorization: Bearer <token>` (the scheme in any case, RFC 9110),
+//! the token being the value of the store secret named by `[admin] token_secret`, read on
+//! every request so that rotating it needs no restart. Without `token_secret` the API is open,
+//! and is then refused anywhere but loopback. Responses never contain a token or secret.
+//!
+//! The port is open to anyone who can reach it, so it must not be able to starve the
+//! refreshes: [`serve`] accepts at most `max_connections` at once (one over the cap is closed
+//! at once rather than left to queue), gives each request head `header_timeout` to arrive
+//! (which also bounds an idle keep-alive connection), caps a connection's life, and backs
+//! off instead of spinning when the process runs out of file descriptors. The cap is also
+//! kept to a quarter of the process's descriptor limit, so runs always have descriptors.
 
 use crate::daemon::{Daemon, TriggerError};
 use crate::store::SecretStore;
@@ -27,14 +34,86 @@ pub enum AdminError {
         "refusing to serve the admin API on {0} without authentication: set [admin] token_secret, or listen on 127.0.0.1"
     )]
     Unauthenticated(SocketAddr),
-    /// Bind failed.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
+}
+
+/// How much of the process the admin port may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdminLimits {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Time for a request head to arrive, from the start of the wait (also the idle
+    /// keep-alive timeout).
+    pub header_timeout: std::time::Duration,
+    /// The longest a connection lives, however busy.
+    pub max_connection_age: std::time::Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 64,
+            header_timeout: std::time::Duration::from_secs(10),
+            max_connection_age: std::time::Duration::from_secs(300),
+        }
+    }
+}
+
+/// Serves `app` on `listener` within `limits` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: AdminLimits,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let cap = limits
+        .max_connections
+        .min(crate::limits::descriptor_share(4))
+        .max(1);
+    if cap < limits.max_connections {
+        tracing::warn!(
+            configured = limits.max_connections,
+            serving = cap,
+            "admin max_connections lowered to a quarter of the process's file descriptor limit"
+        );
+    }
+    let slots = Arc::new(tokio::sync::Semaphore::new(cap));
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut starved_since: Option<std::time::Instant> = None;
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut shutdown => return,
+        };
+        let (stream, _) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors (or a connection aborted while queued): wait a moment
+                // rather than spin on an accept that fails at once.
+                if starved_since.is_none() {
+                    tracing::warn!(error = %e, "admin API: cannot accept connections; backing off");
+                    starved_since = Some(std::time::Instant::now());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        starved_since = None;
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Over the cap: closed now, so it neither queues nor holds a descriptor.
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(16 * 1024)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(limits.max_connection_age, conn).await;
+        });
+    }
 }
 
 #[derive(Clone)]
@@ -72,6 +151,16 @@ pub fn router(daemon: Daemon, store: Arc<dyn SecretStore>, token_secret: Option<
         .with_state(state)
 }
 
+/// The credentials of an `Authorization: Bearer` header; the scheme is case-insensitive
+/// (RFC 9110 §11.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
 /// Equal-time comparison, so response timing does not reveal how much of a guess matched.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -85,8 +174,7 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer);
     let expected = match state.store.get(name).await {
         Ok(Some(s)) => Some(s.value),
         Ok(None) => None,
@@ -188,6 +276,16 @@ mod tests {
         assert!(check_exposure(lan, Some("Admin Token")).is_ok());
         assert!(check_exposure(lo, None).is_ok());
         assert!(check_exposure(lo6, None).is_ok());
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for ok in ["Bearer abc", "bearer abc", "BEARER abc", "  Bearer   abc "] {
+            assert_eq!(bearer(ok), Some("abc"), "{ok}");
+        }
+        for bad in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", ""] {
+            assert_eq!(bearer(bad), None, "{bad}");
+        }
     }
 
     #[test]

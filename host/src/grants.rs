@@ -7,6 +7,7 @@
 
 use crate::bindings::secrets;
 use crate::config::SecretRoles;
+use crate::redact::Redactor;
 use crate::store::{Lease, SecretStore};
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
@@ -62,8 +63,11 @@ pub struct SecretsCtx {
     lease: Option<Lease>,
     /// The latest expiry a written token may claim (Unix seconds).
     max_expires_at: u64,
-    /// Every value the plugin read or wrote, to scrub from anything it prints.
-    seen: Vec<SecretString>,
+    /// Every value the plugin read or wrote, in every encoding, to scrub from anything it
+    /// prints or returns.
+    seen: Redactor,
+    /// The store revision of the token the plugin wrote, if it wrote one.
+    pub written: Option<u64>,
 }
 
 impl SecretsCtx {
@@ -82,20 +86,15 @@ impl SecretsCtx {
             max_expires_at: crate::time::unix_now()
                 .saturating_add(max_token_lifetime.as_secs())
                 .min(crate::time::MAX_UNIX_SECS),
-            seen: Vec::new(),
+            seen: Redactor::default(),
+            written: None,
         }
     }
 
-    /// `text` with every secret value of this run replaced by `[redacted]`.
+    /// `text` with every secret value of this run, in any encoding an echo could use,
+    /// replaced by `[redacted]`.
     pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for v in &self.seen {
-            let v = v.expose_secret();
-            if v.len() >= 4 && out.contains(v) {
-                out = out.replace(v, "[redacted]");
-            }
-        }
-        out
+        self.seen.redact(text)
     }
 }
 
@@ -110,7 +109,7 @@ impl secrets::Host for SecretsCtx {
         match self.store.get(&grant.name).await {
             Ok(found) => Ok(found.map(|s| {
                 let value = s.value.expose_secret().to_string();
-                self.seen.push(s.value);
+                self.seen.add(&value);
                 value
             })),
             Err(e) => Err(secrets::Error::Unavailable(e.to_string())),
@@ -130,8 +129,8 @@ impl secrets::Host for SecretsCtx {
                 return Err(secrets::Error::AccessDenied(role));
             }
         };
+        self.seen.add(&value);
         let value = SecretString::from(value);
-        self.seen.push(value.clone());
         let expires_at = expires_at.map(|e| {
             if e > self.max_expires_at {
                 tracing::warn!(role = grant.role, name = %grant.name, "the token claims a lifetime beyond max_token_lifetime; its expiry is stored clamped");
@@ -146,8 +145,8 @@ impl secrets::Host for SecretsCtx {
             }
             None => self.store.set(&grant.name, &value, expires_at).await,
         };
-        written
-            .map(drop)
-            .map_err(|e| secrets::Error::Unavailable(e.to_string()))
+        let meta = written.map_err(|e| secrets::Error::Unavailable(e.to_string()))?;
+        self.written = Some(meta.revision);
+        Ok(())
     }
 }

@@ -23,6 +23,7 @@ pub mod grants;
 pub mod limits;
 pub mod metrics;
 pub mod outcome;
+mod redact;
 pub mod report;
 pub mod runtime;
 pub mod schedule;

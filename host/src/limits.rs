@@ -41,3 +41,28 @@ impl Default for RunLimits {
         }
     }
 }
+
+/// `1/part` of the process's open-file limit (the soft limit, after
+/// [`raise_descriptor_limit`]), for a consumer that must leave the rest to others.
+pub fn descriptor_share(part: usize) -> usize {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .map_or(usize::MAX, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX) / part.max(1)
+        })
+}
+
+/// Raises the soft open-file limit to the hard one: a daemon with many jobs and an admin
+/// port under load needs descriptors, and the soft limit (often 1024) is a default, not a
+/// decision. Returns the limit now in force.
+pub fn raise_descriptor_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit.clone()) {
+            tracing::debug!(error = %e, "could not raise the open-file limit");
+        }
+    }
+    getrlimit(Resource::Nofile).current
+}

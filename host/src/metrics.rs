@@ -66,13 +66,56 @@ pub trait JobSamples: Send + Sync + std::fmt::Debug + 'static {
     fn each(&self, f: &mut dyn FnMut(&JobSample));
 }
 
+/// The jobs' series: one per job and metric, or (for installations with many thousands
+/// of jobs, where a scrape of every job would be megabytes) only totals.
 #[derive(Debug)]
-struct PerJob<S>(S);
+struct PerJob<S> {
+    samples: S,
+    per_job: bool,
+}
 
 type NoExemplar = Option<&'static Exemplar<prometheus_client::encoding::NoLabelSet, u64>>;
 
 impl<S: JobSamples> Collector for PerJob<S> {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // Totals, always: how many jobs hold a valid token, and runs by outcome.
+        let now = crate::time::unix_now();
+        let mut states = [0i64; 3];
+        let mut runs = [0u64; 3];
+        self.samples.each(&mut |s| {
+            let state = match s.token_expiry {
+                0 => 2,
+                at if at > now => 0,
+                _ => 1,
+            };
+            states[state] += 1;
+            for (total, n) in runs.iter_mut().zip(s.runs) {
+                *total += n;
+            }
+        });
+        let mut family = encoder.encode_descriptor(
+            "jobs",
+            "Jobs by the state of their stored token (valid, expired, missing)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, n) in ["valid", "expired", "missing"].into_iter().zip(states) {
+            ConstGauge::new(n).encode(family.encode_family(&[("token", state)])?)?;
+        }
+        if !self.per_job {
+            let mut family = encoder.encode_descriptor(
+                "runs",
+                "Runs by this process, by outcome (success, retryable or permanent failure)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (outcome, label) in Outcome::ALL {
+                family
+                    .encode_family(&[("outcome", label)])?
+                    .encode_counter(&runs[outcome as usize], NoExemplar::None)?;
+            }
+            return Ok(());
+        }
         let gauges: [(&str, &str, fn(&JobSample) -> i64); 4] = [
             (
                 "token_expiry_timestamp_seconds",
@@ -98,7 +141,7 @@ impl<S: JobSamples> Collector for PerJob<S> {
         for (name, help, value) in gauges {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             let mut err = Ok(());
-            self.0.each(&mut |s| {
+            self.samples.each(&mut |s| {
                 if err.is_ok() {
                     err = family
                         .encode_family(&[("job_name", s.name.as_str())])
@@ -114,7 +157,7 @@ impl<S: JobSamples> Collector for PerJob<S> {
             MetricType::Counter,
         )?;
         let mut err = Ok(());
-        self.0.each(&mut |s| {
+        self.samples.each(&mut |s| {
             for (outcome, label) in Outcome::ALL {
                 if err.is_ok() {
                     err = family
@@ -155,6 +198,12 @@ pub struct Metrics {
     lateness: Histogram,
     internal: Family<ComponentLabel, Counter>,
     store_errors: Counter,
+    leases: Family<LeaseLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LeaseLabel {
+    result: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -169,8 +218,9 @@ fn duration_histogram() -> Histogram {
 }
 
 impl Metrics {
-    /// The registry, with per-job series read from `jobs` at every scrape.
-    pub fn new(jobs: impl JobSamples) -> Self {
+    /// The registry, with job series read from `jobs` at every scrape (per job, or only
+    /// totals without `per_job`).
+    pub fn new(jobs: impl JobSamples, per_job: bool) -> Self {
         let mut registry = Registry::with_prefix("tokenwarden");
         registry.register(
             "build",
@@ -220,8 +270,21 @@ impl Metrics {
             "Calls to the secret store that failed because it was unavailable",
             store_errors.clone(),
         );
-        registry.register_collector(Box::new(PerJob(jobs)));
+        let leases = Family::<LeaseLabel, Counter>::default();
+        registry.register(
+            "lease_attempts",
+            "Requests for a job's lease by this process: granted, held (another process is running the job), moved (another process ran it since this one planned), unavailable (the store was down)",
+            leases.clone(),
+        );
+        for result in ["granted", "held", "moved", "unavailable"] {
+            let _ = leases.get_or_create(&LeaseLabel { result });
+        }
+        registry.register_collector(Box::new(PerJob {
+            samples: jobs,
+            per_job,
+        }));
         Self {
+            leases,
             registry,
             errors,
             duration,
@@ -259,6 +322,11 @@ impl Metrics {
             Some(e) if e.retry == crate::outcome::Retry::Retryable => Outcome::Retryable,
             Some(_) => Outcome::Permanent,
         }
+    }
+
+    /// Counts a lease request by its result (`granted`, `held`, `moved`, `unavailable`).
+    pub fn lease(&self, result: &'static str) {
+        self.leases.get_or_create(&LeaseLabel { result }).inc();
     }
 
     /// Counts a caught panic in `component`.

@@ -75,7 +75,7 @@ pub enum PluginError {
     #[error("secret store failed: {0}")]
     SecretStore(String),
     /// Egress refused.
-    #[error("request to {0} denied: not in the job's allowed_hosts")]
+    #[error("request to {0} denied by the egress policy")]
     EgressDenied(String),
     /// Transport failure.
     #[error("transport failure: {0}")]

@@ -110,6 +110,10 @@ pub struct RunReport {
     /// Wall-clock duration of the run.
     #[serde(with = "millis")]
     pub duration: Duration,
+    /// The store revision of the token write, so a daemon knows its own write when the
+    /// change feed reports it.
+    #[serde(skip)]
+    pub token_revision: Option<u64>,
 }
 
 mod millis {
@@ -193,7 +197,10 @@ fn log_output(job: &str, stream: &str, pipe: &CappedPipe, secrets: &SecretsCtx) 
     if bytes.is_empty() && dropped == 0 {
         return;
     }
-    let text = secrets.redact(&String::from_utf8_lossy(&bytes));
+    let text = crate::text::clean(
+        &secrets.redact(&String::from_utf8_lossy(&bytes)),
+        usize::MAX,
+    );
     tracing::info!(job, stream, dropped_bytes = dropped, output = %text.trim_end(), "plugin output");
 }
 
@@ -475,8 +482,10 @@ impl Runtime {
             // The URL came from the plugin: scrub it like its output.
             tracing::warn!(job = %job.name, origin = %data.secrets.redact(origin), "egress denied: origin not in the job's allow-list");
         }
-        // Every text below came from the plugin; none may carry a secret it read.
-        let scrub = |t: String| data.secrets.redact(&t);
+        // Every text below came from the plugin (and often from the token endpoint before
+        // it): none may carry a secret the run touched, a terminal escape, or megabytes.
+        let scrub =
+            |t: String| crate::text::clean(&data.secrets.redact(&t), crate::text::MAX_FOREIGN_TEXT);
         let result = match result {
             Ok(r) => r?,
             Err(_) => return Err(RunError::Timeout(job.timeout)),
@@ -502,6 +511,7 @@ impl Runtime {
                 },
                 token_secret: job.secrets.access_token.clone(),
                 duration: started.elapsed(),
+                token_revision: data.secrets.written,
             }),
             Err(e) => Err(RunError::Plugin(from_wit(e).map_text(scrub))),
         }

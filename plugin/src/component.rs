@@ -108,9 +108,12 @@ impl Env for Wasi {
 fn transport(code: &ErrorCode, origin: &str) -> oauth::Error {
     match code {
         // Refused by the host's policy: by origin, or by the address the name resolved to.
-        ErrorCode::HttpRequestDenied | ErrorCode::DestinationIpProhibited => {
-            oauth::Error::EgressDenied(origin.to_string())
+        ErrorCode::HttpRequestDenied => {
+            oauth::Error::EgressDenied(format!("{origin}, which is not in the job's allowed_hosts"))
         }
+        ErrorCode::DestinationIpProhibited => oauth::Error::EgressDenied(format!(
+            "{origin}, whose name resolves only to loopback, private or link-local addresses (list the address's own origin in allowed_hosts to reach it)"
+        )),
         other => oauth::Error::Transport(format!("{origin}: {}", code_name(other))),
     }
 }

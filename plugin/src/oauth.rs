@@ -430,9 +430,51 @@ fn oauth_error(status: u16, body: &[u8]) -> Option<OAuthError> {
     })
 }
 
-/// `Retry-After` as delta-seconds; an HTTP-date or garbage gives `None` (the caller's default).
-pub fn parse_retry_after(value: Option<&str>) -> Option<u32> {
-    value.and_then(|v| v.trim().parse().ok())
+/// `Retry-After` (RFC 9110 §10.2.3) as seconds from `now`: delay-seconds (saturating at
+/// `u32::MAX`; the host clamps it to its own maximum) or an HTTP-date (0 when past).
+/// Anything else gives `None`, the caller's default.
+pub fn parse_retry_after(value: Option<&str>, now: u64) -> Option<u32> {
+    let v = value?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(u32::try_from(secs).unwrap_or(u32::MAX));
+    }
+    let at = http_date(v)?;
+    Some(u32::try_from(at.saturating_sub(now)).unwrap_or(u32::MAX))
+}
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`, the form RFC 9110 §5.6.7 has senders
+/// use) as Unix seconds. Written here rather than taken from a crate: the component's size
+/// budget (150 KB) leaves no room for a date library.
+pub fn http_date(s: &str) -> Option<u64> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let mut parts = s.split_ascii_whitespace();
+    parts.next()?.strip_suffix(',')?;
+    let day: u64 = parts.next()?.parse().ok()?;
+    let month = parts.next()?;
+    let month = MONTHS.iter().position(|m| *m == month)? as u64 + 1;
+    let year: u64 = parts.next()?.parse().ok()?;
+    let mut hms = parts.next()?.split(':').map(|p| p.parse::<u64>().ok());
+    let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
+    if parts.next()? != "GMT" || parts.next().is_some() || hms.next().is_some() {
+        return None;
+    }
+    if !(1970..=9999).contains(&year) || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    // Days from the civil date (H. Hinnant's algorithm, for years from 1970 on).
+    let (y, mp) = if month > 2 {
+        (year, month - 3)
+    } else {
+        (year - 1, month + 9)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    Some(days * 86_400 + h * 3600 + m * 60 + sec)
 }
 
 /// Classifies a reply (RFC 6749 §5.1, §5.2). `now` is Unix seconds, for `expires_at`.
@@ -447,6 +489,7 @@ pub fn parse_reply(reply: &HttpReply, now: u64) -> Result<Token, Error> {
         200..=299 => parse_success(&reply.body, status, now),
         429 => Err(Error::Throttled(parse_retry_after(
             reply.retry_after.as_deref(),
+            now,
         ))),
         300..=399 => Err(Error::InvalidResponse(format!(
             "HTTP {status}: the token endpoint redirected, and redirects are not followed"

@@ -272,8 +272,36 @@ fn status_classes() {
     assert_eq!(parse_reply(&r, 0).err(), Some(Error::Throttled(None)));
     r.retry_after = Some(" 7 ".into());
     assert_eq!(parse_reply(&r, 0).err(), Some(Error::Throttled(Some(7))));
+    // An HTTP-date: the seconds until then, 0 once it has passed.
     r.retry_after = Some("Wed, 21 Oct 2015 07:28:00 GMT".into());
-    assert_eq!(parse_reply(&r, 0).err(), Some(Error::Throttled(None)));
+    assert_eq!(
+        parse_reply(&r, 1_445_412_470).err(),
+        Some(Error::Throttled(Some(10)))
+    );
+    assert_eq!(
+        parse_reply(&r, 1_445_412_490).err(),
+        Some(Error::Throttled(Some(0)))
+    );
+    // Larger than 32 bits saturates (the host clamps it to its own maximum).
+    r.retry_after = Some("99999999999999".into());
+    assert_eq!(
+        parse_reply(&r, 0).err(),
+        Some(Error::Throttled(Some(u32::MAX)))
+    );
+    for garbage in [
+        "-5",
+        "1.5",
+        "soon",
+        "Wed, 21 Oct 2015 07:28:00 PST",
+        "Wed, 32 Oct 2015 07:28:00 GMT",
+    ] {
+        r.retry_after = Some(garbage.into());
+        assert_eq!(
+            parse_reply(&r, 0).err(),
+            Some(Error::Throttled(None)),
+            "{garbage}"
+        );
+    }
     assert_eq!(
         parse_reply(&reply(503, "busy"), 0).err(),
         Some(Error::ServerError(503))
@@ -460,6 +488,14 @@ proptest::proptest! {
 }
 
 proptest::proptest! {
+    /// The hand-written HTTP-date parser agrees with the httpdate crate.
+    #[test]
+    fn http_dates_match_the_reference(secs in 0u64..253_402_300_799) {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let text = httpdate::fmt_http_date(t);
+        proptest::prop_assert_eq!(crate::oauth::http_date(&text), Some(secs), "{}", text);
+    }
+
     /// The hand-written encoder agrees with the base64 crate on any input.
     #[test]
     fn base64_matches_the_reference(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {

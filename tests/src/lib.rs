@@ -147,6 +147,8 @@ pub async fn start_emulator_with(config: EmulatorConfig) -> Emulator {
 /// A request the scripted server received.
 #[derive(Clone, Debug)]
 pub struct Received {
+    /// When it arrived.
+    pub at: std::time::SystemTime,
     /// The client's address: the same one for requests on one kept-alive connection.
     pub peer: std::net::SocketAddr,
     pub path: String,
@@ -174,6 +176,9 @@ pub struct Scripted {
     pub delay: Duration,
     /// Send the body in 4 KiB chunks with no `Content-Length` (chunked transfer coding).
     pub chunked: bool,
+    /// Replace `{body}` and `{authorization}` in the body with the request's (JSON-escaped):
+    /// a server, or a proxy in front of it, that echoes the request.
+    pub echo: bool,
 }
 
 impl Scripted {
@@ -184,6 +189,7 @@ impl Scripted {
             body: body.as_bytes().to_vec(),
             delay: Duration::ZERO,
             chunked: false,
+            echo: false,
         }
     }
 
@@ -267,6 +273,7 @@ async fn answer(
     body: Bytes,
 ) -> Response {
     state.received.lock().unwrap().push(Received {
+        at: std::time::SystemTime::now(),
         peer,
         path: uri.path().to_string(),
         headers,
@@ -281,6 +288,23 @@ async fn answer(
         }
     };
     tokio::time::sleep(reply.delay).await;
+    let mut reply = reply;
+    if reply.echo {
+        let escape = |b: &[u8]| {
+            let s = serde_json::to_string(&String::from_utf8_lossy(b)).unwrap();
+            s[1..s.len() - 1].to_string()
+        };
+        let last = state.received.lock().unwrap().last().cloned().unwrap();
+        let auth = last
+            .headers
+            .get("authorization")
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default();
+        reply.body = String::from_utf8_lossy(&reply.body)
+            .replace("{body}", &escape(&last.body))
+            .replace("{authorization}", &escape(&auth))
+            .into_bytes();
+    }
     let status = StatusCode::from_u16(reply.status).unwrap();
     let mut r = if reply.chunked {
         let chunks = reply.body.chunks(4096).map(Bytes::copy_from_slice);
@@ -538,11 +562,27 @@ impl DaemonProc {
     /// Starts `bin run --config config` (with `env` added) and waits until it serves its
     /// admin API.
     pub async fn spawn(bin: &str, config: &std::path::Path, env: &[(&str, &str)]) -> Self {
-        use tokio::io::AsyncBufReadExt;
         let mut cmd = tokio::process::Command::new(bin);
         cmd.args(["run", "--log-format", "json", "--config"])
-            .arg(config)
-            .env_remove("TOKENWARDEN_CONFIG")
+            .arg(config);
+        Self::spawn_command(cmd, env).await
+    }
+
+    /// Like [`DaemonProc::spawn`], with the open-file limit (soft and hard) set to `nofile`.
+    pub async fn spawn_with_nofile(bin: &str, config: &std::path::Path, nofile: u64) -> Self {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "ulimit -n {nofile} && exec \"$0\" run --log-format json --config \"$1\""
+            ))
+            .arg(bin)
+            .arg(config);
+        Self::spawn_command(cmd, &[]).await
+    }
+
+    async fn spawn_command(mut cmd: tokio::process::Command, env: &[(&str, &str)]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        cmd.env_remove("TOKENWARDEN_CONFIG")
             .env("TOKENWARDEN_LOG", "info")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())

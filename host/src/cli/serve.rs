@@ -41,6 +41,8 @@ pub(super) async fn daemon(config_path: &Path) -> anyhow::Result<u8> {
     let admin_cfg = config.admin.clone();
     admin::check_exposure(admin_cfg.listen, admin_cfg.token_secret.as_deref())
         .map_err(|e| Usage(e.to_string()))?;
+    let descriptors = crate::limits::raise_descriptor_limit();
+    tracing::debug!(?descriptors, "open-file limit");
     let store = open_store(&config, Access::ReadWrite).await?;
     let runtime = Arc::new(Runtime::new(runtime_options(&config))?);
     let started = std::time::Instant::now();
@@ -72,13 +74,9 @@ pub(super) async fn daemon(config_path: &Path) -> anyhow::Result<u8> {
         admin_cfg.token_secret.as_deref(),
     );
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = admin_stopped.await;
-            })
-            .into_future(),
-    );
+    let server = tokio::spawn(admin::serve(listener, app, admin_cfg.limits, async {
+        let _ = admin_stopped.await;
+    }));
     tracing::info!(admin = %admin_addr, store = %store.describe(), owner = %daemon.owner(), "tokenwarden running");
     shutdown_signal().await;
     let grace = config.daemon.shutdown_grace;

@@ -98,6 +98,8 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Store name of the bearer token the API demands.
     pub token_secret: Option<String>,
+    /// What the port may take of the process.
+    pub limits: crate::admin::AdminLimits,
 }
 
 /// `[daemon]`: scheduling policy and limits of `tokenwarden run`.
@@ -109,6 +111,8 @@ pub struct DaemonConfig {
     pub shutdown_grace: Duration,
     /// Refresh timing and retry backoff.
     pub policy: Policy,
+    /// Whether `/metrics` has series per job (else totals only, for many thousands of jobs).
+    pub per_job_metrics: bool,
 }
 
 impl Default for DaemonConfig {
@@ -117,6 +121,7 @@ impl Default for DaemonConfig {
             max_concurrent_runs: 16,
             shutdown_grace: Duration::from_secs(30),
             policy: Policy::default(),
+            per_job_metrics: true,
         }
     }
 }

@@ -107,6 +107,8 @@ struct RawStore {
 struct RawAdmin {
     listen: Option<Spanned<String>>,
     token_secret: Option<Spanned<String>>,
+    max_connections: Option<Spanned<i64>>,
+    header_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -122,6 +124,7 @@ struct RawDaemon {
     throttle_default: Option<Spanned<String>>,
     max_retry_after: Option<Spanned<String>>,
     min_interval: Option<Spanned<String>>,
+    per_job_metrics: Option<bool>,
 }
 
 /// A size: bytes as a number, or text such as `"64 MiB"`.
@@ -434,8 +437,18 @@ fn store(cx: &Ctx<'_>, raw: Option<RawStore>, base: &Path) -> Result<StoreConfig
 }
 
 fn admin(cx: &Ctx<'_>, raw: Option<RawAdmin>) -> Result<AdminConfig, ConfigError> {
+    let mut limits = crate::admin::AdminLimits::default();
     let (listen, token_secret) = match raw {
-        Some(a) => (a.listen, a.token_secret),
+        Some(a) => {
+            if let Some(n) = &a.max_connections {
+                limits.max_connections = cx.count(n, "admin.max_connections", 1..=65_536)?;
+            }
+            if let Some(t) = &a.header_timeout {
+                limits.header_timeout =
+                    cx.duration(t, "admin.header_timeout", ms(100)..=secs(5 * MIN))?;
+            }
+            (a.listen, a.token_secret)
+        }
         None => (None, None),
     };
     let listen = match listen {
@@ -461,6 +474,7 @@ fn admin(cx: &Ctx<'_>, raw: Option<RawAdmin>) -> Result<AdminConfig, ConfigError
     Ok(AdminConfig {
         listen,
         token_secret,
+        limits,
     })
 }
 
@@ -538,6 +552,9 @@ fn daemon(cx: &Ctx<'_>, raw: Option<RawDaemon>) -> Result<DaemonConfig, ConfigEr
     }
     if r.permanent_retry_max.is_none() && p.permanent_retry_max < p.permanent_retry_initial {
         p.permanent_retry_max = p.permanent_retry_initial;
+    }
+    if let Some(per_job) = r.per_job_metrics {
+        d.per_job_metrics = per_job;
     }
     if let Some(n) = &r.max_concurrent_runs {
         d.max_concurrent_runs = cx.count(n, "daemon.max_concurrent_runs", 1..=4096)?;

@@ -352,7 +352,7 @@ impl Daemon {
             }
         };
         let inner = Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| Inner {
-            metrics: Metrics::new(JobView(weak.clone())),
+            metrics: Metrics::new(JobView(weak.clone()), daemon.per_job_metrics),
             leasing: Leasing {
                 store,
                 runtime,
@@ -770,6 +770,14 @@ impl Inner {
         let attempt = AssertUnwindSafe(self.leasing.attempt(job, trigger, mode, due, token))
             .catch_unwind()
             .await
+            .inspect(|a| {
+                self.metrics.lease(match a {
+                    Attempt::Ran(_) => "granted",
+                    Attempt::Held(_) => "held",
+                    Attempt::Moved(_) => "moved",
+                    Attempt::Unavailable(_) => "unavailable",
+                })
+            })
             .unwrap_or_else(|panic| {
                 let message = panic_text(&*panic);
                 tracing::error!(job = %job.name, panic = %message, "a run panicked; the job carries on and retries");
@@ -860,6 +868,9 @@ impl Inner {
             if let Some(t) = ran.token {
                 st.token = Some(t);
                 st.token_expires_at = ran.record.outcome.as_ref().and_then(|o| o.expires_at);
+            }
+            if let Some(rev) = ran.result.as_ref().ok().and_then(|r| r.token_revision) {
+                st.token_revision = st.token_revision.max(rev);
             }
             if let Some(rev) = ran.row_revision {
                 st.row_revision = rev;

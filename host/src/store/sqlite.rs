@@ -95,8 +95,11 @@ pub struct SqliteStore {
 struct Inner {
     path: PathBuf,
     /// `None` for a store opened read-only.
-    write: Option<Mutex<Connection>>,
-    read: Mutex<Connection>,
+    write: Option<Mutex<Writer>>,
+    /// Idle read connections. Reads run on the caller's thread (a read in WAL mode never
+    /// waits for a writer, and takes microseconds); each reader takes its own connection.
+    readers: Mutex<Vec<Connection>>,
+    read_only: bool,
     master: Option<MasterKeys>,
     key_source: KeySource,
     data: DataKeys,
@@ -112,6 +115,80 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 type Sql<T> = rusqlite::Result<T>;
+
+/// The write connection and the durability its last transaction used.
+struct Writer {
+    conn: Connection,
+    full_sync: bool,
+}
+
+/// How much a write must survive.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// Secrets: fsync'd at commit (`synchronous = FULL`), survives power loss.
+    Durable,
+    /// Leases, job plans, members: survives a crash of the process, and reaches the disk
+    /// with the next durable commit or checkpoint. Losing one to power loss costs at most a
+    /// repeated refresh, so it does not pay two fsyncs per run.
+    Coordination,
+}
+
+/// A read connection borrowed from the pool; returned on drop.
+struct Reader<'a> {
+    inner: &'a Inner,
+    conn: Option<Connection>,
+}
+
+impl std::ops::Deref for Reader<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("held until dropped")
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let mut idle = self.inner.readers.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+        }
+    }
+}
+
+/// Idle read connections kept open.
+const MAX_IDLE_READERS: usize = 8;
+/// A reader waits this long at most (WAL readers wait only during recovery after a crash).
+const READ_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Statements through the connection's prepared-statement cache: a daemon runs the same
+/// few statements thousands of times a second, and parsing SQL each time was a third of
+/// the store's CPU.
+trait Cached {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> Sql<usize>;
+    fn row<T, P: rusqlite::Params, F: FnOnce(&rusqlite::Row<'_>) -> Sql<T>>(
+        &self,
+        sql: &str,
+        params: P,
+        f: F,
+    ) -> Sql<T>;
+}
+
+impl Cached for Connection {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> Sql<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn row<T, P: rusqlite::Params, F: FnOnce(&rusqlite::Row<'_>) -> Sql<T>>(
+        &self,
+        sql: &str,
+        params: P,
+        f: F,
+    ) -> Sql<T> {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
 
 fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
@@ -141,14 +218,17 @@ impl SqliteStore {
     pub fn open_with(path: &Path, source: KeySource) -> Result<Self, StoreError> {
         prepare_file(path)?;
         let mut write = connect(path, false)?;
-        let read = connect(path, false)?;
         let master = MasterKeys::load(&source)?;
         let master = upgrade(&mut write, path, master, &source)?;
         let store = Self {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
-                write: Some(Mutex::new(write)),
-                read: Mutex::new(read),
+                write: Some(Mutex::new(Writer {
+                    conn: write,
+                    full_sync: true,
+                })),
+                readers: Mutex::new(Vec::new()),
+                read_only: false,
                 master: Some(master),
                 key_source: source,
                 data: DataKeys::default(),
@@ -184,7 +264,8 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 write: None,
-                read: Mutex::new(read),
+                readers: Mutex::new(vec![read]),
+                read_only: true,
                 master,
                 key_source: source,
                 data: DataKeys::default(),
@@ -272,7 +353,8 @@ fn sql_err(path: &Path, e: rusqlite::Error) -> StoreError {
 }
 
 fn table_has_column(conn: &Connection, table: &str, column: &str) -> Sql<bool> {
-    let mut stmt = conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
     let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
     for n in names {
         if n? == column {
@@ -283,7 +365,7 @@ fn table_has_column(conn: &Connection, table: &str, column: &str) -> Sql<bool> {
 }
 
 fn current_key(conn: &Connection) -> Sql<Option<WrappedKey>> {
-    conn.query_row(
+    conn.row(
         "SELECT version, master_id, wrapped FROM data_keys ORDER BY version DESC LIMIT 1",
         [],
         wrapped_key,
@@ -300,7 +382,7 @@ fn wrapped_key(r: &rusqlite::Row<'_>) -> Sql<WrappedKey> {
 }
 
 fn insert_key(conn: &Connection, key: &WrappedKey) -> Sql<()> {
-    conn.execute(
+    conn.exec(
         "INSERT INTO data_keys (version, master_id, wrapped, created_at) VALUES (?1, ?2, ?3, ?4)",
         params![key.version, key.master_id, key.wrapped, to_i64(unix_now())],
     )
@@ -309,7 +391,7 @@ fn insert_key(conn: &Connection, key: &WrappedKey) -> Sql<()> {
 
 /// Advances the revision counter inside a write transaction and returns the new value.
 fn bump(conn: &Connection) -> Sql<u64> {
-    conn.query_row(
+    conn.row(
         "UPDATE state SET revision = revision + 1 WHERE id = 1 RETURNING revision",
         [],
         |r| r.get::<_, i64>(0),
@@ -365,7 +447,7 @@ fn upgrade(
     }
     tx.execute_batch(INDEXES).map_err(err)?;
     let has_rows: bool = tx
-        .query_row("SELECT EXISTS (SELECT 1 FROM secrets)", [], |r| r.get(0))
+        .row("SELECT EXISTS (SELECT 1 FROM secrets)", [], |r| r.get(0))
         .map_err(err)?;
     let master = match master {
         Some(m) => m,
@@ -410,7 +492,7 @@ fn migrate_legacy_values(
     let err = |e| sql_err(path, e);
     let rows: Vec<(String, Vec<u8>)> = {
         let mut stmt = tx
-            .prepare("SELECT name, value FROM secrets WHERE key_version = 0")
+            .prepare_cached("SELECT name, value FROM secrets WHERE key_version = 0")
             .map_err(err)?;
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(err)?
@@ -418,7 +500,7 @@ fn migrate_legacy_values(
             .map_err(err)?
     };
     let has_meta: bool = tx
-        .query_row(
+        .row(
             "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta')",
             [],
             |r| r.get(0),
@@ -428,7 +510,7 @@ fn migrate_legacy_values(
         return Ok(());
     }
     let check: Option<Vec<u8>> = if has_meta {
-        tx.query_row(
+        tx.row(
             "SELECT value FROM meta WHERE name = ?1",
             [LEGACY_KEY_CHECK],
             |r| r.get(0),
@@ -478,7 +560,7 @@ fn migrate_legacy_values(
                 .open(&secret_aad(name), sealed)
                 .ok_or_else(|| StoreError::Decrypt { name: name.clone() })?,
         );
-        tx.execute(
+        tx.exec(
             "UPDATE secrets SET value = ?2, key_version = ?3, revision = ?4 WHERE name = ?1",
             params![
                 name,
@@ -550,32 +632,63 @@ impl Inner {
     /// Fails early, with a clear message, when the master key does not open the current
     /// data key.
     fn check_master(&self) -> Result<(), StoreError> {
-        let key = current_key(&self.read()).map_err(self.err())?;
+        let key = current_key(&*self.read()?).map_err(self.err())?;
         match key {
             Some(k) => self.data_key(&k).map(drop),
             None => Ok(()),
         }
     }
 
-    fn read(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite half-written: every write is
-        // one transaction. So a poisoned lock is safe to reuse.
-        self.read.lock().unwrap_or_else(|p| p.into_inner())
+    /// A read connection: an idle one, or a new one.
+    fn read(&self) -> Result<Reader<'_>, StoreError> {
+        let idle = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => {
+                let c = connect(&self.path, self.read_only)?;
+                c.busy_timeout(READ_BUSY_TIMEOUT).map_err(self.err())?;
+                c
+            }
+        };
+        Ok(Reader {
+            inner: self,
+            conn: Some(conn),
+        })
     }
 
-    /// Runs `f` in one write transaction (`BEGIN IMMEDIATE`).
+    /// Runs `f` in one durable write transaction (`BEGIN IMMEDIATE`).
     fn write<T>(
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let Some(conn) = &self.write else {
+        self.write_with(Durability::Durable, f)
+    }
+
+    /// Runs `f` in one write transaction of the given durability.
+    fn write_with<T>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let Some(writer) = &self.write else {
             return Err(StoreError::Invalid(format!(
                 "secret store {} is open read-only",
                 self.store_name()
             )));
         };
-        let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn
+        // A panic while holding the lock cannot leave SQLite half-written: every write is
+        // one transaction. So a poisoned lock is safe to reuse.
+        let mut writer = writer.lock().unwrap_or_else(|p| p.into_inner());
+        let full = durability == Durability::Durable;
+        if writer.full_sync != full {
+            writer
+                .conn
+                .pragma_update(None, "synchronous", if full { "FULL" } else { "NORMAL" })
+                .map_err(self.err())?;
+            writer.full_sync = full;
+        }
+        let tx = writer
+            .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.err())?;
         let out = f(&tx)?;
@@ -585,8 +698,8 @@ impl Inner {
 
     fn get(&self, name: &str) -> Result<Option<StoredSecret>, StoreError> {
         let row = self
-            .read()
-            .query_row(
+            .read()?
+            .row(
                 "SELECT s.value, s.updated_at, s.expires_at, s.revision, k.version, k.master_id, k.wrapped
                  FROM secrets s LEFT JOIN data_keys k ON k.version = s.key_version
                  WHERE s.name = ?1",
@@ -650,7 +763,7 @@ impl Inner {
             .seal(&secret_aad(name), value.expose_secret().as_bytes());
         let revision = bump(tx).map_err(self.err())?;
         let updated_at = unix_now();
-        tx.execute(
+        tx.exec(
             "INSERT INTO secrets (name, value, updated_at, expires_at, key_version, revision)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at,
@@ -666,7 +779,7 @@ impl Inner {
             ],
         )
         .map_err(self.err())?;
-        tx.execute("DELETE FROM tombstones WHERE name = ?1", [name])
+        tx.exec("DELETE FROM tombstones WHERE name = ?1", [name])
             .map_err(self.err())?;
         Ok(SecretMeta {
             name: name.to_string(),
@@ -677,7 +790,7 @@ impl Inner {
     }
 
     fn holds(&self, tx: &Connection, lease: &Lease) -> Result<bool, StoreError> {
-        tx.query_row(
+        tx.row(
             "SELECT EXISTS (SELECT 1 FROM jobs WHERE name = ?1 AND fence = ?2 AND lease_owner = ?3)",
             params![lease.job, to_i64(lease.fence), lease.owner],
             |r| r.get(0),
@@ -686,7 +799,7 @@ impl Inner {
     }
 
     fn job(&self, conn: &Connection, name: &str) -> Result<Option<JobRow>, StoreError> {
-        conn.query_row(
+        conn.row(
             &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE name = ?1"),
             [name],
             job_row,
@@ -713,7 +826,7 @@ impl Inner {
         self.write(|tx| {
             let rows: Vec<(String, Vec<u8>, WrappedKey)> = {
                 let mut stmt = tx
-                    .prepare(
+                    .prepare_cached(
                         "SELECT s.name, s.value, k.version, k.master_id, k.wrapped
                          FROM secrets s JOIN data_keys k ON k.version = s.key_version
                          WHERE s.key_version < ?1 LIMIT ?2",
@@ -736,7 +849,7 @@ impl Inner {
             };
             for (name, sealed, key) in &rows {
                 let plain = super::rotation::reseal(self.data_key(key)?, &cipher, name, sealed)?;
-                tx.execute(
+                tx.exec(
                     "UPDATE secrets SET value = ?2, key_version = ?3 WHERE name = ?1",
                     params![name, plain, new.version],
                 )
@@ -750,7 +863,7 @@ impl Inner {
     /// key not wrapped with `rewrap`'s master key.
     fn finish_keys(&self, current: u32, rewrap: Option<(&str, &Cipher)>) -> Result<(), StoreError> {
         self.write(|tx| {
-            tx.execute(
+            tx.exec(
                 "DELETE FROM data_keys WHERE version < ?1
                  AND NOT EXISTS (SELECT 1 FROM secrets WHERE key_version = data_keys.version)",
                 [current],
@@ -761,7 +874,7 @@ impl Inner {
             };
             let others: Vec<WrappedKey> = {
                 let mut stmt = tx
-                    .prepare(
+                    .prepare_cached(
                         "SELECT version, master_id, wrapped FROM data_keys WHERE master_id != ?1",
                     )
                     .map_err(self.err())?;
@@ -773,7 +886,7 @@ impl Inner {
             for k in others {
                 let re =
                     super::rotation::rewrap(self.master()?, &k, id, cipher, &self.store_name())?;
-                tx.execute(
+                tx.exec(
                     "UPDATE data_keys SET master_id = ?2, wrapped = ?3 WHERE version = ?1",
                     params![re.version, re.master_id, re.wrapped],
                 )
@@ -790,7 +903,7 @@ impl Inner {
         ttl: Duration,
         mode: LeaseMode,
     ) -> Result<Acquired, StoreError> {
-        self.write(|tx| {
+        self.write_with(Durability::Coordination, |tx| {
             let now = unix_now_ms();
             let row = self.job(tx, job)?.unwrap_or_else(|| JobRow {
                 job: job.to_string(),
@@ -811,7 +924,7 @@ impl Inner {
                 fence: row.fence + 1,
                 until_ms: now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
             };
-            tx.execute(
+            tx.exec(
                 "INSERT INTO jobs (name, fence, lease_owner, lease_until_ms, next_due_ms, failures, last_run, revision)
                  VALUES (?1, ?2, ?3, ?4, NULL, 0, NULL, ?5)
                  ON CONFLICT(name) DO UPDATE SET fence = excluded.fence, lease_owner = excluded.lease_owner,
@@ -824,10 +937,10 @@ impl Inner {
     }
 
     fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Option<Lease>, StoreError> {
-        self.write(|tx| {
+        self.write_with(Durability::Coordination, |tx| {
             let until = unix_now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
             let n = tx
-                .execute(
+                .exec(
                     "UPDATE jobs SET lease_until_ms = ?4 WHERE name = ?1 AND fence = ?2 AND lease_owner = ?3",
                     params![lease.job, to_i64(lease.fence), lease.owner, to_i64(until)],
                 )
@@ -840,12 +953,12 @@ impl Inner {
     }
 
     fn release(&self, lease: &Lease, update: &JobUpdate) -> Result<Option<u64>, StoreError> {
-        self.write(|tx| {
+        self.write_with(Durability::Coordination, |tx| {
             if !self.holds(tx, lease)? {
                 return Ok(None);
             }
             let revision = bump(tx).map_err(self.err())?;
-            tx.execute(
+            tx.exec(
                 "UPDATE jobs SET lease_owner = NULL, lease_until_ms = 0, next_due_ms = ?2, failures = ?3,
                      last_run = ?4, revision = ?5 WHERE name = ?1",
                 params![
@@ -862,10 +975,10 @@ impl Inner {
     }
 
     fn changes(&self, since: u64) -> Result<Changes, StoreError> {
-        let conn = self.read();
+        let conn = self.read()?;
         let tx = conn.unchecked_transaction().map_err(self.err())?;
         let revision: u64 = tx
-            .query_row("SELECT revision FROM state WHERE id = 1", [], |r| {
+            .row("SELECT revision FROM state WHERE id = 1", [], |r| {
                 r.get::<_, i64>(0)
             })
             .map(to_u64)
@@ -880,7 +993,7 @@ impl Inner {
         }
         let since = to_i64(since);
         let collect = |sql: &str| -> Result<Vec<SecretMeta>, StoreError> {
-            let mut stmt = tx.prepare(sql).map_err(self.err())?;
+            let mut stmt = tx.prepare_cached(sql).map_err(self.err())?;
             stmt.query_map([since], meta_row)
                 .map_err(self.err())?
                 .collect::<Sql<_>>()
@@ -891,7 +1004,7 @@ impl Inner {
         )?;
         let deleted = {
             let mut stmt = tx
-                .prepare("SELECT name FROM tombstones WHERE revision > ?1")
+                .prepare_cached("SELECT name FROM tombstones WHERE revision > ?1")
                 .map_err(self.err())?;
             stmt.query_map([since], |r| r.get(0))
                 .map_err(self.err())?
@@ -900,7 +1013,7 @@ impl Inner {
         };
         let jobs = {
             let mut stmt = tx
-                .prepare(&format!(
+                .prepare_cached(&format!(
                     "SELECT {JOB_COLUMNS} FROM jobs WHERE revision > ?1"
                 ))
                 .map_err(self.err())?;
@@ -925,8 +1038,7 @@ impl SecretStore for SqliteStore {
     }
 
     async fn get(&self, name: &str) -> Result<Option<StoredSecret>, StoreError> {
-        let name = name.to_string();
-        self.call(move |s| s.get(&name)).await
+        self.inner.get(name)
     }
 
     async fn set(
@@ -966,13 +1078,13 @@ impl SecretStore for SqliteStore {
         self.call(move |s| {
             s.write(|tx| {
                 let n = tx
-                    .execute("DELETE FROM secrets WHERE name = ?1", [&name])
+                    .exec("DELETE FROM secrets WHERE name = ?1", [&name])
                     .map_err(s.err())?;
                 if n == 0 {
                     return Ok(false);
                 }
                 let revision = bump(tx).map_err(s.err())?;
-                tx.execute(
+                tx.exec(
                     "INSERT INTO tombstones (name, revision) VALUES (?1, ?2)
                      ON CONFLICT(name) DO UPDATE SET revision = excluded.revision",
                     params![name, to_i64(revision)],
@@ -985,21 +1097,21 @@ impl SecretStore for SqliteStore {
     }
 
     async fn list(&self) -> Result<Vec<SecretMeta>, StoreError> {
-        self.call(|s| {
-            let conn = s.read();
-            let mut stmt = conn
-                .prepare("SELECT name, updated_at, expires_at, revision FROM secrets ORDER BY name")
-                .map_err(s.err())?;
-            stmt.query_map([], meta_row)
-                .map_err(s.err())?
-                .collect::<Sql<_>>()
-                .map_err(s.err())
-        })
-        .await
+        let s = &*self.inner;
+        let conn = s.read()?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT name, updated_at, expires_at, revision FROM secrets ORDER BY name",
+            )
+            .map_err(s.err())?;
+        stmt.query_map([], meta_row)
+            .map_err(s.err())?
+            .collect::<Sql<_>>()
+            .map_err(s.err())
     }
 
     async fn changes(&self, since: u64) -> Result<Changes, StoreError> {
-        self.call(move |s| s.changes(since)).await
+        self.inner.changes(since)
     }
 
     async fn rotate_key(&self, master: bool) -> Result<Rotation, StoreError> {
@@ -1028,44 +1140,42 @@ impl SecretStore for SqliteStore {
     }
 
     async fn jobs(&self) -> Result<Vec<JobRow>, StoreError> {
-        self.call(|s| {
-            let conn = s.read();
-            let mut stmt = conn
-                .prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY name"))
-                .map_err(s.err())?;
-            stmt.query_map([], job_row)
-                .map_err(s.err())?
-                .collect::<Sql<_>>()
-                .map_err(s.err())
-        })
-        .await
+        let s = &*self.inner;
+        let conn = s.read()?;
+        let mut stmt = conn
+            .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY name"))
+            .map_err(s.err())?;
+        stmt.query_map([], job_row)
+            .map_err(s.err())?
+            .collect::<Sql<_>>()
+            .map_err(s.err())
     }
 
     async fn job(&self, name: &str) -> Result<Option<JobRow>, StoreError> {
-        let name = name.to_string();
-        self.call(move |s| s.job(&s.read(), &name)).await
+        let s = &*self.inner;
+        s.job(&*s.read()?, name)
     }
 
     async fn heartbeat(&self, member: &Member, ttl: Duration) -> Result<Vec<Member>, StoreError> {
         let member = member.clone();
         self.call(move |s| {
-            s.write(|tx| {
+            s.write_with(Durability::Coordination, |tx| {
                 let now = to_i64(unix_now_ms());
                 let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-                tx.execute(
+                tx.exec(
                     "INSERT INTO members (id, started_ms, seen_ms) VALUES (?1, ?2, ?3)
                      ON CONFLICT(id) DO UPDATE SET seen_ms = excluded.seen_ms",
                     params![member.id, to_i64(member.started_ms), now],
                 )
                 .map_err(s.err())?;
                 // Members gone for ten heartbeats' time are forgotten.
-                tx.execute(
+                tx.exec(
                     "DELETE FROM members WHERE seen_ms < ?1",
                     [now.saturating_sub(ttl.saturating_mul(10))],
                 )
                 .map_err(s.err())?;
                 let mut stmt = tx
-                    .prepare("SELECT id, started_ms, seen_ms FROM members WHERE seen_ms >= ?1 ORDER BY id")
+                    .prepare_cached("SELECT id, started_ms, seen_ms FROM members WHERE seen_ms >= ?1 ORDER BY id")
                     .map_err(s.err())?;
                 stmt.query_map([now.saturating_sub(ttl)], |r| {
                     Ok(Member {
@@ -1085,8 +1195,8 @@ impl SecretStore for SqliteStore {
     async fn leave(&self, member: &str) -> Result<(), StoreError> {
         let member = member.to_string();
         self.call(move |s| {
-            s.write(|tx| {
-                tx.execute("DELETE FROM members WHERE id = ?1", [&member])
+            s.write_with(Durability::Coordination, |tx| {
+                tx.exec("DELETE FROM members WHERE id = ?1", [&member])
                     .map_err(s.err())
                     .map(drop)
             })

@@ -1,0 +1,169 @@
+//! Secret values in every form a reply could echo them back in.
+//!
+//! A token endpoint, or a proxy or WAF in front of it, may quote the request in an error:
+//! the form body (`client_secret=...%7E...`), the `Authorization: Basic` header (base64 of
+//! `id:secret`), JSON or HTML escapes. Exact matching would let all of those through, so a
+//! [`Redactor`] learns each secret value the run touched in the encodings such an echo
+//! uses, and replaces every one of them. Base64 is matched at each of its three alignments,
+//! so the secret is found inside a longer encoded string (such as `id:secret`) too.
+
+use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+
+/// What replaces a secret.
+pub const MASK: &str = "[redacted]";
+
+/// The shortest value worth redacting: shorter ones would mask ordinary text.
+const MIN_RAW: usize = 4;
+/// The shortest encoded form matched: a few base64 characters occur by chance.
+const MIN_ENCODED: usize = 8;
+
+/// Secret values and their encodings, longest first.
+#[derive(Default)]
+pub struct Redactor {
+    patterns: Vec<String>,
+}
+
+impl Drop for Redactor {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        for p in &mut self.patterns {
+            p.zeroize();
+        }
+    }
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Redactor({} patterns)", self.patterns.len())
+    }
+}
+
+/// RFC 3986 percent-encoding of everything but the unreserved characters.
+fn percent(value: &str, upper: bool) -> String {
+    let mut out = String::with_capacity(value.len() * 3);
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else if upper {
+            out.push_str(&format!("%{b:02X}"));
+        } else {
+            out.push_str(&format!("%{b:02x}"));
+        }
+    }
+    out
+}
+
+/// The base64 characters that depend only on `bytes`, wherever they start in a longer
+/// encoded string: one run per alignment.
+fn base64_cores(bytes: &[u8], engine: &impl base64::Engine) -> Vec<String> {
+    (0..3usize)
+        .map(|k| {
+            let mut padded = vec![0u8; k];
+            padded.extend_from_slice(bytes);
+            let encoded = engine.encode(&padded);
+            let start = (8 * k).div_ceil(6);
+            let end = (8 * (k + bytes.len())) / 6;
+            encoded.get(start..end).unwrap_or_default().to_string()
+        })
+        .collect()
+}
+
+impl Redactor {
+    /// Learns `value` and its encodings.
+    pub fn add(&mut self, value: &str) {
+        if value.len() < MIN_RAW {
+            return;
+        }
+        let form: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
+        let json = serde_json::to_string(value).unwrap_or_default();
+        let json = json.trim_matches('"').to_string();
+        let html = value
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+            .replace('\'', "&#39;");
+        let hex: String = value.bytes().map(|b| format!("{b:02x}")).collect();
+        let mut encoded = vec![
+            form.clone(),
+            form.to_ascii_lowercase(),
+            percent(value, true),
+            percent(value, false),
+            json,
+            html,
+            hex.clone(),
+            hex.to_ascii_uppercase(),
+        ];
+        for source in [value, form.as_str()] {
+            encoded.extend(base64_cores(source.as_bytes(), &STANDARD_NO_PAD));
+            encoded.extend(base64_cores(source.as_bytes(), &URL_SAFE_NO_PAD));
+        }
+        self.patterns.push(value.to_string());
+        for e in encoded {
+            if e.len() >= MIN_ENCODED && e != value {
+                self.patterns.push(e);
+            }
+        }
+        self.patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        self.patterns.dedup();
+    }
+
+    /// `text` with every learned pattern replaced by [`MASK`].
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for p in &self.patterns {
+            if out.contains(p.as_str()) {
+                out = out.replace(p.as_str(), MASK);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+
+    const SECRET: &str = "Xq8~demo.Secret_not-for+production/0123=";
+
+    #[test]
+    fn every_echo_of_a_secret_is_masked() {
+        let mut r = Redactor::default();
+        r.add(SECRET);
+        let form: String = form_urlencoded::byte_serialize(SECRET.as_bytes()).collect();
+        let basic = STANDARD.encode(format!("5a6b7c8d-client:{form}"));
+        let basic_raw = STANDARD.encode(format!("app:{SECRET}"));
+        let echoes = [
+            SECRET.to_string(),
+            format!("grant_type=client_credentials&client_secret={form}&scope=x"),
+            format!("client_secret={}", form.to_ascii_lowercase()),
+            format!("{{\"body\":{}}}", serde_json::to_string(SECRET).unwrap()),
+            format!("Authorization: Basic {basic}"),
+            format!("Basic {basic_raw}"),
+            format!("Basic {}", URL_SAFE_NO_PAD.encode(format!("x:{SECRET}"))),
+            percent(SECRET, true),
+            percent(SECRET, false),
+            format!("<p>{}</p>", SECRET.replace('&', "&amp;")),
+            SECRET.bytes().map(|b| format!("{b:02x}")).collect(),
+        ];
+        for echo in echoes {
+            let out = r.redact(&echo);
+            assert!(out.contains(MASK), "{echo} -> {out}");
+            assert!(!out.contains(SECRET) && !out.contains(&form), "{out}");
+        }
+        assert_eq!(r.redact("nothing to see"), "nothing to see");
+    }
+
+    proptest::proptest! {
+        /// A secret base64-encoded after any prefix is found.
+        #[test]
+        fn base64_at_any_alignment(secret in "[ -~]{8,40}", prefix in "[ -~]{0,5}") {
+            let mut r = Redactor::default();
+            r.add(&secret);
+            let encoded = STANDARD.encode(format!("{prefix}{secret}"));
+            proptest::prop_assert!(r.redact(&encoded).contains(MASK), "{}", encoded);
+        }
+    }
+}
