@@ -379,10 +379,248 @@ fn help_lists_the_contract_commands() {
         .unwrap();
     assert_eq!(o.status.code(), Some(0));
     let help = text(&o.stdout);
-    for cmd in ["secrets", "refresh", "emulator", "demo", "component"] {
+    for cmd in [
+        "init",
+        "config",
+        "status",
+        "secrets",
+        "refresh",
+        "run",
+        "emulator",
+        "demo",
+        "component",
+        "completions",
+        "man",
+    ] {
         assert!(help.contains(cmd), "{help}");
     }
+    // `--help` says which environment variables act and what each exit code means.
+    for needle in [
+        "TOKENWARDEN_STORE_KEY",
+        "TOKENWARDEN_STORE_PASSWORD",
+        "Exit codes",
+        "needs a human",
+    ] {
+        assert!(help.contains(needle), "{needle}: {help}");
+    }
     let _ = Path::new(BIN);
+}
+
+#[test]
+fn completions_and_the_man_page_come_from_the_cli_definition() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = std::process::Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{shell}");
+        let out = text(&o.stdout);
+        assert!(
+            out.contains("tokenwarden") && out.contains("rotate-key"),
+            "{shell}: {out}"
+        );
+    }
+    let o = std::process::Command::new(BIN).arg("man").output().unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let page = text(&o.stdout);
+    assert!(
+        page.contains(".TH tokenwarden") && page.contains("refresh"),
+        "{page}"
+    );
+}
+
+/// The README's local walk-through: `init --emulator`, the emulator's banner, the three
+/// secrets, `config check`, `refresh`, `status`; and `init` never overwrites a file.
+#[tokio::test]
+async fn the_local_walk_through_works_from_an_empty_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = async |args: &[&str], stdin: Option<&str>| {
+        let mut child = tokio::process::Command::new(BIN)
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("TOKENWARDEN_CONFIG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input
+            .write_all(stdin.unwrap_or("").as_bytes())
+            .await
+            .unwrap();
+        drop(input);
+        child.wait_with_output().await.unwrap()
+    };
+    // Before there is a config, commands say how to get one.
+    let o = run(&["secrets", "list"], None).await;
+    assert_eq!(code(&o), 2);
+    assert!(
+        text(&o.stderr).contains("tokenwarden init"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    let o = run(&["init", "--emulator"], None).await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("tokenwarden emulator"),
+        "{}",
+        text(&o.stderr)
+    );
+    let written = std::fs::read_to_string(dir.path().join("tokenwarden.toml")).unwrap();
+    let again = run(&["init"], None).await;
+    assert_eq!(code(&again), 2);
+    assert!(text(&again.stderr).contains("already exists"));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("tokenwarden.toml")).unwrap(),
+        written
+    );
+
+    // The emulator on a free port (the config's default port is rewritten to it); its
+    // banner gives the tenant, client id, secret and a job for it.
+    let mut emu = tokio::process::Command::new(BIN)
+        .args(["emulator", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(emu.stdout.take().unwrap()).lines();
+    let mut banner = String::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.contains("secrets set 'Microsoft Tenant ID'") {
+            break;
+        }
+    }
+    for needle in [
+        emulator::DEMO_TENANT,
+        emulator::DEMO_CLIENT_ID,
+        emulator::DEMO_CLIENT_SECRET,
+        "[[jobs]]",
+        "tokenwarden secrets set",
+    ] {
+        assert!(banner.contains(needle), "{needle}: {banner}");
+    }
+    let addr = banner
+        .lines()
+        .next()
+        .unwrap()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        dir.path().join("tokenwarden.toml"),
+        written.replace("127.0.0.1:8421", &addr),
+    )
+    .unwrap();
+
+    let check = run(&["config", "check"], None).await;
+    assert_eq!(code(&check), 0, "{}", text(&check.stderr));
+    let out = text(&check.stdout);
+    assert!(
+        out.contains("NOT SET") && out.contains("tokenwarden secrets set 'Microsoft Client ID'"),
+        "{out}"
+    );
+    for (name, value) in [
+        ("Microsoft Client ID", emulator::DEMO_CLIENT_ID),
+        ("Microsoft Client Secret", emulator::DEMO_CLIENT_SECRET),
+        ("Microsoft Tenant ID", emulator::DEMO_TENANT),
+    ] {
+        assert_eq!(code(&run(&["secrets", "set", name], Some(value)).await), 0);
+    }
+    let check = run(&["config", "check", "--json"], None).await;
+    let v: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    let job = &v["jobs"][0];
+    assert_eq!(
+        job["token_endpoint"],
+        format!("http://{addr}/{{tenant}}/oauth2/v2.0/token")
+    );
+    assert_eq!(job["secrets"][1]["name"], "Microsoft Client Secret");
+    assert_eq!(job["secrets"][1]["set"], true);
+
+    let o = run(&["refresh", "graph"], None).await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let status = run(&["status"], None).await;
+    assert_eq!(code(&status), 0);
+    let out = text(&status.stdout);
+    assert!(
+        out.contains("valid, expires in") && out.contains("manual") && out.contains("next run"),
+        "{out}"
+    );
+    let status = run(&["status", "--json"], None).await;
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v[0]["last_run"]["ok"], true);
+    assert!(v[0]["token_expires_in_seconds"].as_i64().unwrap() > 3000);
+    emu.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn secrets_delete_refuses_a_bound_name_unless_forced() {
+    let cli = Cli::new("http://127.0.0.1:9").await;
+    let o = cli.run(&["secrets", "delete", CLIENT_SECRET], None).await;
+    assert_eq!(code(&o), 2);
+    assert!(
+        text(&o.stderr).contains("job `graph` reads it"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(
+        code(&cli.run(&["secrets", "get", CLIENT_SECRET], None).await),
+        0
+    );
+    let o = cli
+        .run(&["secrets", "delete", CLIENT_SECRET, "--force"], None)
+        .await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert_eq!(
+        code(&cli.run(&["secrets", "get", CLIENT_SECRET], None).await),
+        5
+    );
+    assert_eq!(
+        code(&cli.run(&["secrets", "delete", "Never There"], None).await),
+        5
+    );
+}
+
+/// Errors say the cause in words, once, and in JSON under `--log-format json`.
+#[tokio::test]
+async fn errors_are_plain_words_and_json_when_asked() {
+    // Nothing listens on port 1: the OS's words, not a `Debug` dump.
+    let cli = Cli::new("http://127.0.0.1:1").await;
+    let o = cli.run(&["refresh", "graph"], None).await;
+    assert_eq!(code(&o), 3);
+    let err = text(&o.stderr);
+    assert!(err.contains("cannot connect: connection refused"), "{err}");
+    assert!(!err.contains("Os {") && !err.contains("kind:"), "{err}");
+    // A missing secret names the store name and the command that sets it.
+    let o = cli
+        .run(&["secrets", "delete", CLIENT_ID, "--force"], None)
+        .await;
+    assert_eq!(code(&o), 0);
+    let o = cli.run(&["refresh", "graph"], None).await;
+    assert_eq!(code(&o), 4);
+    assert!(
+        text(&o.stderr).contains(&format!("`tokenwarden secrets set '{CLIENT_ID}'`")),
+        "{}",
+        text(&o.stderr)
+    );
+    // Under --log-format json the final error is JSON too.
+    let o = cli
+        .run(&["--log-format", "json", "refresh", "nope"], None)
+        .await;
+    assert_eq!(code(&o), 2);
+    let last = text(&o.stderr).lines().last().unwrap().to_string();
+    let v: serde_json::Value = serde_json::from_str(&last).unwrap_or_else(|_| panic!("{last}"));
+    assert_eq!(v["exit_code"], 2);
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("no job named `nope`")
+    );
 }
 
 /// Starts `tokenwarden run` in the CLI fixture's folder.

@@ -481,3 +481,176 @@ async fn slow_admin_connections_cannot_starve_refreshes() {
     );
     assert!(log.contains("admin max_connections lowered"), "{log}");
 }
+
+/// A transport that panics on its first `n` requests, then sends for real.
+struct Panicky {
+    left: std::sync::atomic::AtomicU32,
+    net: tokenwarden::egress::send::NetTransport,
+}
+
+impl tokenwarden::egress::Transport for Panicky {
+    fn send(
+        &self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: wasmtime_wasi_http::RequestOptions,
+        allowed: Arc<Vec<tokenwarden::egress::Origin>>,
+        limits: tokenwarden::egress::HttpLimits,
+    ) -> tokenwarden::egress::SendFuture {
+        use std::sync::atomic::Ordering;
+        if self
+            .left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            panic!("an injected bug in the transport");
+        }
+        self.net.send(request, options, allowed, limits)
+    }
+}
+
+/// A bug that panics in the middle of a run does not take the job down: the run is
+/// recorded as failed (class `internal`) in `/jobs` and metrics, and the job is retried.
+#[tokio::test]
+async fn a_panic_in_a_run_is_reported_and_the_job_carries_on() {
+    let emu = start_emulator().await;
+    let f = Fixture::new().await;
+    let runtime = Arc::new(
+        tokenwarden::Runtime::new(tokenwarden::RuntimeOptions {
+            transport: Some(Arc::new(Panicky {
+                left: 2.into(),
+                net: Default::default(),
+            })),
+            ..pooled()
+        })
+        .unwrap(),
+    );
+    let d = Daemon::start_jobs(
+        vec![entra_job(&emu.authority())],
+        &policy(),
+        Coordination::default(),
+        runtime,
+        f.dyn_store(),
+    )
+    .await
+    .unwrap();
+    let mut events = d.subscribe();
+    let first = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let error = first
+        .record
+        .error
+        .clone()
+        .expect("the panicking run failed");
+    assert_eq!(error.class, "internal", "{error:?}");
+    assert_eq!(
+        d.status("graph")
+            .unwrap()
+            .last_run
+            .unwrap()
+            .error
+            .unwrap()
+            .class,
+        "internal"
+    );
+    eventually(Duration::from_secs(10), "the job recovers", || async {
+        d.status("graph").unwrap().consecutive_failures == 0 && d.not_ready().is_empty()
+    })
+    .await;
+    assert!(
+        d.metrics()
+            .contains("tokenwarden_internal_errors_total{component=\"run\"} 2"),
+        "{}",
+        d.metrics()
+    );
+    d.shutdown(Duration::from_secs(5)).await;
+}
+
+/// `secrets get`, `secrets list` and `status` work for a user who can read the store's
+/// files but not write them or their folder.
+#[tokio::test]
+async fn a_reader_need_not_be_a_writer() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix("twro").tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let cfg = home.join("tokenwarden.toml");
+    std::fs::write(&cfg, "[store]\npath = \"data/tw.db\"\n").unwrap();
+    {
+        let store = tokenwarden::SqliteStore::open(&home.join("data/tw.db")).unwrap();
+        store
+            .set(
+                "readable",
+                &secrecy::SecretString::from("the value".to_string()),
+                Some(4_102_444_800),
+            )
+            .await
+            .unwrap();
+    }
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .unwrap()
+        .stdout
+        == b"0\n";
+    let reader: Vec<&str> = if root {
+        // Root ignores file modes: the reader is another user, owning read-only files.
+        std::process::Command::new("chown")
+            .args(["-R", "nobody"])
+            .arg(&home)
+            .status()
+            .unwrap();
+        vec!["runuser", "-u", "nobody", "--"]
+    } else {
+        Vec::new()
+    };
+    for entry in walk(&home) {
+        let mode = if entry.is_dir() { 0o500 } else { 0o400 };
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let run = |args: &[&str]| {
+        let mut argv: Vec<String> = reader.iter().map(|s| s.to_string()).collect();
+        argv.push(BIN.into());
+        argv.extend(args.iter().map(|s| s.to_string()));
+        argv.push("--config".into());
+        argv.push(cfg.display().to_string());
+        std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .output()
+            .unwrap()
+    };
+    let get = run(&["secrets", "get", "readable"]);
+    assert_eq!(
+        get.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&get.stderr)
+    );
+    assert_eq!(get.stdout, b"the value");
+    for args in [&["secrets", "list"][..], &["status"][..]] {
+        let out = run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for entry in walk(&home) {
+        let _ = std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o700));
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}

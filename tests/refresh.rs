@@ -305,9 +305,18 @@ async fn missing_secrets_are_typed_and_send_nothing() {
     let f = Fixture::new().await;
     let mut job = entra_job(&emu.authority());
     job.secrets.client_secret = "Never Stored".into();
+    let e = plugin_error(run(&job, &f).await);
     assert_eq!(
-        plugin_error(run(&job, &f).await),
-        PluginError::MissingSecret("client-secret".into())
+        e,
+        PluginError::MissingSecret {
+            role: "client-secret".into(),
+            name: "Never Stored".into()
+        }
+    );
+    // The error says what is missing by the name the user knows, and how to fix it.
+    assert_eq!(
+        e.to_string(),
+        "secret `Never Stored` (role `client-secret`) is not set: store it with `tokenwarden secrets set 'Never Stored'`"
     );
     assert_eq!(emu.state.stats().token_requests, 0);
 }

@@ -21,6 +21,10 @@ pub struct Grant {
     pub name: String,
     /// Whether the plugin may write it.
     pub writable: bool,
+    /// Whether its value is a secret (masked wherever it could appear) rather than a
+    /// public identifier (a client or tenant id, shown in errors so a user sees what was
+    /// sent).
+    pub secret: bool,
 }
 
 /// A job's whole grant.
@@ -30,24 +34,31 @@ pub struct Grants(pub Vec<Grant>);
 impl Grants {
     /// The grants of a `[jobs.secrets]` table.
     pub fn from_roles(roles: &SecretRoles) -> Self {
-        let read = |role, name: &String| Grant {
+        let read = |role, name: &String, secret| Grant {
             role,
             name: name.clone(),
             writable: false,
+            secret,
         };
         let mut grants = vec![
-            read("client-id", &roles.client_id),
-            read("client-secret", &roles.client_secret),
+            read("client-id", &roles.client_id, false),
+            read("client-secret", &roles.client_secret, true),
         ];
         if let Some(t) = &roles.tenant_id {
-            grants.push(read("tenant-id", t));
+            grants.push(read("tenant-id", t, false));
         }
         grants.push(Grant {
             role: "access-token",
             name: roles.access_token.clone(),
             writable: true,
+            secret: true,
         });
         Self(grants)
+    }
+
+    /// The store name bound to `role`.
+    pub fn store_name(&self, role: &str) -> Option<&str> {
+        self.find(role).map(|g| g.name.as_str())
     }
 
     fn find(&self, role: &str) -> Option<&Grant> {
@@ -107,11 +118,16 @@ impl secrets::Host for SecretsCtx {
         };
         tracing::debug!(role = grant.role, name = %grant.name, "plugin reads a secret");
         match self.store.get(&grant.name).await {
-            Ok(found) => Ok(found.map(|s| {
-                let value = s.value.expose_secret().to_string();
-                self.seen.add(&value);
-                value
-            })),
+            Ok(found) => {
+                let secret = grant.secret;
+                Ok(found.map(|s| {
+                    let value = s.value.expose_secret().to_string();
+                    if secret {
+                        self.seen.add(&value);
+                    }
+                    value
+                }))
+            }
             Err(e) => Err(secrets::Error::Unavailable(e.to_string())),
         }
     }

@@ -66,8 +66,15 @@ impl std::fmt::Display for OAuthError {
 #[serde(tag = "kind", content = "detail", rename_all = "kebab-case")]
 pub enum PluginError {
     /// A bound secret has no value.
-    #[error("secret for role `{0}` is not set")]
-    MissingSecret(String),
+    #[error(
+        "secret `{name}` (role `{role}`) is not set: store it with `tokenwarden secrets set '{name}'`"
+    )]
+    MissingSecret {
+        /// The plugin's role name.
+        role: String,
+        /// The store name the job binds it to.
+        name: String,
+    },
     /// The host refused a role.
     #[error("access to secret role `{0}` denied")]
     AccessDenied(String),
@@ -129,7 +136,10 @@ impl PluginError {
     pub fn map_text(self, f: impl Fn(String) -> String) -> Self {
         use PluginError as P;
         match self {
-            P::MissingSecret(t) => P::MissingSecret(f(t)),
+            P::MissingSecret { role, name } => P::MissingSecret {
+                role: f(role),
+                name,
+            },
             P::AccessDenied(t) => P::AccessDenied(f(t)),
             P::SecretStore(t) => P::SecretStore(f(t)),
             P::EgressDenied(t) => P::EgressDenied(f(t)),
@@ -198,7 +208,7 @@ impl RunError {
     pub fn class(&self) -> &'static str {
         match self {
             RunError::Plugin(p) => match p {
-                PluginError::MissingSecret(_) => "missing-secret",
+                PluginError::MissingSecret { .. } => "missing-secret",
                 PluginError::AccessDenied(_) => "access-denied",
                 PluginError::SecretStore(_) => "secret-store",
                 PluginError::EgressDenied(_) => "egress-denied",
@@ -270,7 +280,11 @@ mod tests {
             Retry::Retryable
         );
         assert_eq!(
-            RunError::Plugin(PluginError::MissingSecret("client-id".into())).retry(),
+            RunError::Plugin(PluginError::MissingSecret {
+                role: "client-id".into(),
+                name: "Client ID".into()
+            })
+            .retry(),
             Retry::Permanent
         );
         assert_eq!(RunError::Trap("boom".into()).retry(), Retry::Permanent);

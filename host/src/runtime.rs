@@ -513,15 +513,33 @@ impl Runtime {
                 duration: started.elapsed(),
                 token_revision: data.secrets.written,
             }),
-            Err(e) => Err(RunError::Plugin(from_wit(e).map_text(scrub))),
+            Err(e) => {
+                let grants = Grants::from_roles(&job.secrets);
+                let e = match (from_wit(e, &grants), &data.egress.failure) {
+                    // The plugin saw only an error code; the host saw the cause.
+                    (PluginError::Transport(t), Some(cause)) => {
+                        PluginError::Transport(format!("{t}: {cause}"))
+                    }
+                    (e, _) => e,
+                };
+                Err(RunError::Plugin(e.map_text(scrub)))
+            }
         }
     }
 }
 
-fn from_wit(e: action::Error) -> PluginError {
+/// The plugin's error as the host reports it; `grants` turns a role into the store name
+/// the user knows.
+fn from_wit(e: action::Error, grants: &Grants) -> PluginError {
     use action::Error as W;
     match e {
-        W::MissingSecret(s) => PluginError::MissingSecret(s),
+        W::MissingSecret(role) => PluginError::MissingSecret {
+            name: grants
+                .store_name(&role)
+                .unwrap_or("(not bound)")
+                .to_string(),
+            role,
+        },
         W::AccessDenied(s) => PluginError::AccessDenied(s),
         W::SecretStore(s) => PluginError::SecretStore(s),
         W::EgressDenied(s) => PluginError::EgressDenied(s),

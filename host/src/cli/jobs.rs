@@ -190,8 +190,12 @@ pub(super) async fn status(config_path: &Path, as_json: bool) -> anyhow::Result<
 /// Validates the config and shows what each job resolves to.
 pub(super) async fn check(config_path: &Path, as_json: bool) -> anyhow::Result<u8> {
     let config = Config::load(config_path)?;
-    // Which bound secrets are set: read-only, and only if the store exists already.
-    let set: Option<HashMap<String, SecretMeta>> =
+    // Which bound secrets are set: read-only; a store not created yet holds none.
+    let not_created =
+        matches!(&config.store.backend, crate::config::StoreBackend::Sqlite(p) if !p.exists());
+    let set: Option<HashMap<String, SecretMeta>> = if not_created {
+        Some(HashMap::new())
+    } else {
         match crate::store::open(&config.store, Access::ReadOnly).await {
             Ok(store) => Some(
                 store
@@ -207,7 +211,8 @@ pub(super) async fn check(config_path: &Path, as_json: bool) -> anyhow::Result<u
                 );
                 None
             }
-        };
+        }
+    };
     let is_set = |name: &str| set.as_ref().map(|s| s.contains_key(name));
     let mut out = std::io::stdout().lock();
     let jobs: Vec<_> = config

@@ -218,16 +218,19 @@ impl Lines {
     }
 }
 
+#[derive(Clone, Copy)]
 struct Ctx<'a> {
     path: &'a Path,
-    lines: Lines,
+    lines: &'a Lines,
+    /// Where in the file the text the spans point into begins (a job parsed on its own).
+    base: usize,
 }
 
 impl Ctx<'_> {
     fn invalid(&self, span: Range<usize>, message: String) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.to_path_buf(),
-            line: self.lines.of(span.start),
+            line: self.lines.of(self.base + span.start),
             message,
         }
     }
@@ -315,15 +318,104 @@ const MIN: u64 = 60;
 const HOUR: u64 = 3600;
 const DAY: u64 = 24 * HOUR;
 
+/// The jobs' table header, `[[jobs]]` (spaces allowed inside the brackets), starting a
+/// line.
+fn is_jobs_header(line: &str) -> bool {
+    line.trim_start()
+        .strip_prefix("[[")
+        .and_then(|rest| rest.split_once("]]"))
+        .is_some_and(|(name, after)| {
+            name.trim() == "jobs" && {
+                let after = after.trim_start();
+                after.is_empty() || after.starts_with('#')
+            }
+        })
+}
+
+/// A job block parsed on its own.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJobBlock {
+    jobs: Vec<Spanned<RawJob>>,
+}
+
+/// The offsets of the file's `[[jobs]]` lines.
+fn job_blocks(text: &str) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if is_jobs_header(line) {
+            starts.push(offset);
+        }
+        offset += line.len();
+    }
+    starts
+}
+
+/// The file's head (everything before the first `[[jobs]]` line) when every `[[jobs]]`
+/// block parses on its own as exactly one job: then the jobs are read block by block (a
+/// TOML document tree of a whole file with 100,000 jobs takes about 300 MiB while it
+/// lives; block by block it takes kilobytes). `None` when the file does not split cleanly
+/// (another table after the jobs, a `[[jobs]]` line inside a multi-line string, any
+/// error): then the whole file is parsed at once, which also gives TOML's own messages.
+fn head_of_blocks(text: &str, starts: &[usize]) -> Option<RawConfig> {
+    let first = *starts.first()?;
+    let head: RawConfig = toml::from_str(&text[..first]).ok()?;
+    head.jobs.is_empty().then_some(head)
+}
+
+/// Job block `i` of `starts`, parsed on its own.
+fn job_block(text: &str, starts: &[usize], i: usize) -> Option<Spanned<RawJob>> {
+    let end = starts.get(i + 1).copied().unwrap_or(text.len());
+    let block: RawJobBlock = toml::from_str(&text[starts[i]..end]).ok()?;
+    let [job]: [Spanned<RawJob>; 1] = block.jobs.try_into().ok()?;
+    Some(job)
+}
+
 /// Parses config text as if read from `path`.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-        path: path.to_path_buf(),
-        message: e.to_string().trim_end().to_string(),
-    })?;
+    parse_with(text, path, true)
+}
+
+/// A job block that did not parse on its own: read the whole file instead.
+struct NotBlockwise;
+
+fn parse_with(text: &str, path: &Path, blockwise: bool) -> Result<Config, ConfigError> {
+    let starts = if blockwise {
+        job_blocks(text)
+    } else {
+        Vec::new()
+    };
+    let (raw, mut whole_jobs) = match head_of_blocks(text, &starts) {
+        Some(head) => (head, None),
+        None => {
+            let mut raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string().trim_end().to_string(),
+            })?;
+            let jobs = std::mem::take(&mut raw.jobs);
+            (raw, Some(jobs.into_iter()))
+        }
+    };
+    let count = whole_jobs
+        .as_ref()
+        .map_or(starts.len(), ExactSizeIterator::len);
+    // One job at a time, converted as it is read: no second copy of every job in memory.
+    // Blocks before the first one that does not parse on its own mean what they mean in
+    // the whole file, so when one fails the whole file is read again from the start.
+    let mut next_job = |i: usize| -> Result<(usize, Spanned<RawJob>), NotBlockwise> {
+        match &mut whole_jobs {
+            Some(jobs) => jobs.next().map(|j| (0, j)).ok_or(NotBlockwise),
+            None => job_block(text, &starts, i)
+                .map(|j| (starts[i], j))
+                .ok_or(NotBlockwise),
+        }
+    };
+    let lines = Lines::new(text);
     let cx = Ctx {
         path,
-        lines: Lines::new(text),
+        lines: &lines,
+        base: 0,
     };
     let base = path.parent().unwrap_or(Path::new("."));
     let store = store(&cx, raw.store, base)?;
@@ -333,8 +425,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         Some(l) => limits(&cx, l, RunLimits::default(), "limits")?,
         None => RunLimits::default(),
     };
-    let mut jobs: Vec<JobConfig> = Vec::with_capacity(raw.jobs.len());
-    let mut names = HashSet::with_capacity(raw.jobs.len());
+    let mut jobs: Vec<JobConfig> = Vec::with_capacity(count);
+    let mut names = HashSet::with_capacity(count);
     // Who reads and who writes each store name, to refuse a job whose token write would
     // overwrite another job's credentials (or the admin token).
     let mut writers: HashMap<String, (String, Range<usize>)> = HashMap::new();
@@ -342,10 +434,21 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     if let Some(t) = &admin.token_secret {
         readers.insert(t.clone(), "the admin API (`admin.token_secret`)".into());
     }
-    for job in raw.jobs {
+    for i in 0..count {
+        let Ok((offset, job)) = next_job(i) else {
+            return parse_with(text, path, false);
+        };
+        let block = Ctx { base: offset, ..cx };
         let span = job.span();
-        let j = job.into_inner();
-        let config = job_config(&cx, j, span.clone(), &default_limits, base)?;
+        let config = job_config(
+            &block,
+            job.into_inner(),
+            span.clone(),
+            &default_limits,
+            base,
+        )?;
+        // From here on, positions are in the whole file.
+        let span = offset + span.start..offset + span.end;
         if !names.insert(config.name.clone()) {
             return Err(cx.invalid(span, format!("job name `{}` is used twice", config.name)));
         }
@@ -1102,6 +1205,42 @@ access_token = "token"
         assert!(err(&both).contains("both"));
         let bad = GOOD.replace("path = \"data/tw.db\"", "url = \"mysql://x\"");
         assert!(err(&bad).contains("PostgreSQL"));
+    }
+
+    #[test]
+    fn jobs_parsed_block_by_block_agree_with_the_whole_file() {
+        // Three jobs; the third has an error: the line is the file's, not the block's.
+        let third = GOOD[GOOD.find("[[jobs]]").unwrap()..].to_string();
+        let mut text = GOOD.to_string();
+        for (i, name) in ["b", "c"].iter().enumerate() {
+            let block = third
+                .replace("\"graph\"", &format!("\"{name}\""))
+                .replace("Microsoft", &format!("M{i}"));
+            text.push_str(&block);
+        }
+        assert_eq!(parse(&text).unwrap().jobs.len(), 3);
+        let bad =
+            text.replacen("every 45m", "every never", 3)
+                .replacen("every never", "every 45m", 2);
+        let e = err(&bad);
+        assert!(e.contains("line 26") && e.contains("job `c`"), "{e}");
+        // A table after the jobs, and a `[[jobs]]` line inside a multi-line string: the whole
+        // file is parsed at once, with the same meaning.
+        let after = format!("{text}[daemon]\nmin_interval = \"5s\"\n");
+        assert_eq!(
+            parse(&after).unwrap().daemon.policy.min_interval,
+            Duration::from_secs(5)
+        );
+        let tricky = text.replacen(
+            "scope = \"https://graph.microsoft.com/.default\"",
+            "scope = \"https://graph.microsoft.com/.default\"\ntoken_params = { note = \"\"\"\n[[jobs]]\n\"\"\" }",
+            1,
+        );
+        let c = parse(&tricky).unwrap();
+        assert_eq!(c.jobs.len(), 3);
+        assert_eq!(c.jobs[0].token_params["note"], "[[jobs]]\n");
+        assert!(is_jobs_header("  [[ jobs ]]  # the first job\n"));
+        assert!(!is_jobs_header("[[jobs.limits]]\n") && !is_jobs_header("x = \"[[jobs]]\""));
     }
 
     proptest::proptest! {

@@ -28,6 +28,8 @@ mod run;
 pub use record::{ErrorRecord, RunRecord, Trigger};
 pub use run::{Attempt, Leasing, Ran};
 
+use run::panic_text;
+
 use crate::config::{Config, DaemonConfig, JobConfig, StoreConfig};
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
@@ -207,7 +209,9 @@ struct Inner {
     by_name: HashMap<String, usize>,
     by_secret: HashMap<String, Vec<(usize, Binding)>>,
     max_runs: u32,
-    permits: Semaphore,
+    /// Run slots. A planned run takes its slot in the scheduler, before its task exists, so
+    /// a wave of due jobs waits as heap entries, not as one parked task per job.
+    permits: Arc<Semaphore>,
     events: broadcast::Sender<RunEvent>,
     metrics: Metrics,
     stop: watch::Sender<bool>,
@@ -366,7 +370,7 @@ impl Daemon {
             by_name,
             by_secret,
             max_runs,
-            permits: Semaphore::new(max_runs as usize),
+            permits: Arc::new(Semaphore::new(max_runs as usize)),
             events: broadcast::channel(1024).0,
             stop,
             plans,
@@ -645,15 +649,6 @@ impl Inner {
     }
 }
 
-/// The text of a caught panic.
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".into())
-}
-
 impl Inner {
     /// Marks job `i` running unless it already is: the sender to publish its record, or
     /// the receiver of the run in flight to join.
@@ -674,8 +669,14 @@ impl Inner {
         Ok(tx)
     }
 
-    /// Starts the planned run of job `i` if the plan `generation` is still current.
-    fn start_planned(self: &Arc<Self>, i: usize, generation: u64) {
+    /// Starts the planned run of job `i` in the run slot `permit`, if the plan `generation`
+    /// is still current.
+    fn start_planned(
+        self: &Arc<Self>,
+        i: usize,
+        generation: u64,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
         if *self.stop.borrow() {
             return;
         }
@@ -695,6 +696,7 @@ impl Inner {
                     Some(due),
                     LeaseMode::IfUnchanged { revision },
                     tx,
+                    Some(permit),
                 )
                 .await;
         });
@@ -712,7 +714,10 @@ impl Inner {
                 return Err(TriggerError::ShuttingDown);
             }
             let record = match self.begin(i, None) {
-                Ok(tx) => self.run(i, Trigger::Manual, None, LeaseMode::Any, tx).await,
+                Ok(tx) => {
+                    self.run(i, Trigger::Manual, None, LeaseMode::Any, tx, None)
+                        .await
+                }
                 Err(Some(mut rx)) => rx
                     .wait_for(Option::is_some)
                     .await
@@ -760,11 +765,18 @@ impl Inner {
         due: Option<SystemTime>,
         mode: LeaseMode,
         tx: watch::Sender<Option<RunRecord>>,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Option<RunRecord> {
         let job = &self.job(i).config;
-        let Ok(_permit) = self.permits.acquire().await else {
-            self.job(i).state().running = None;
-            return None;
+        let _permit = match permit {
+            Some(p) => p,
+            None => match self.permits.clone().acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => {
+                    self.job(i).state().running = None;
+                    return None;
+                }
+            },
         };
         let token = self.job(i).state().token;
         let attempt = AssertUnwindSafe(self.leasing.attempt(job, trigger, mode, due, token))
@@ -772,7 +784,12 @@ impl Inner {
             .await
             .inspect(|a| {
                 self.metrics.lease(match a {
-                    Attempt::Ran(_) => "granted",
+                    Attempt::Ran(r) => {
+                        if matches!(r.result, Err(crate::outcome::RunError::Internal(_))) {
+                            self.metrics.internal_error("run");
+                        }
+                        "granted"
+                    }
                     Attempt::Held(_) => "held",
                     Attempt::Moved(_) => "moved",
                     Attempt::Unavailable(_) => "unavailable",
@@ -998,12 +1015,22 @@ async fn scheduler_turns(
             heap.push(Reverse((time::unix_ms(at), i, generation)));
         }
         let now_ms = time::unix_now_ms();
+        let mut slots_full = false;
         while let Some(&Reverse((at, i, generation))) = heap.peek() {
             if at > now_ms {
                 break;
             }
+            // The run slot first: what is due waits here, in the heap.
+            let permit = match inner.permits.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    slots_full = true;
+                    break;
+                }
+                Err(tokio::sync::TryAcquireError::Closed) => return,
+            };
             heap.pop();
-            inner.start_planned(i, generation);
+            inner.start_planned(i, generation, permit);
         }
         let wait = heap
             .peek()
@@ -1016,7 +1043,12 @@ async fn scheduler_turns(
                 Some((i, generation, at)) => heap.push(Reverse((time::unix_ms(at), i, generation))),
                 None => return,
             },
-            _ = tokio::time::sleep(wait) => {}
+            // A slot came free while runs are due.
+            slot = inner.permits.acquire(), if slots_full => match slot {
+                Ok(p) => drop(p),
+                Err(_) => return,
+            },
+            _ = tokio::time::sleep(wait), if !slots_full => {}
             _ = stop.changed() => return,
         }
     }

@@ -17,8 +17,19 @@ use crate::runtime::{RunReport, Runtime};
 use crate::schedule::{self, Failure, Policy, TokenState};
 use crate::store::{Acquired, JobRow, JobUpdate, Lease, LeaseMode, SecretStore, StoreError};
 use crate::time;
+use futures_util::FutureExt as _;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+
+/// The text of a caught panic.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
 
 /// What a leased run needs.
 #[derive(Clone)]
@@ -104,10 +115,19 @@ impl Leasing {
         };
         let started = SystemTime::now();
         let clock = Instant::now();
-        let result = tokio::select! {
-            r = self.runtime.run_with_lease(job, self.store.clone(), Some(lease.clone())) => r,
-            never = self.keep(&lease) => match never {},
+        // A panic in the run (a bug) becomes a failed run of class `internal`, recorded and
+        // released like any other, so the lease does not sit until it lapses.
+        let run = async {
+            tokio::select! {
+                r = self.runtime.run_with_lease(job, self.store.clone(), Some(lease.clone())) => r,
+                never = self.keep(&lease) => match never {},
+            }
         };
+        let result = AssertUnwindSafe(run).catch_unwind().await.unwrap_or_else(|panic| {
+            let message = panic_text(&*panic);
+            tracing::error!(job = %job.name, panic = %message, "a run panicked; the job carries on and retries");
+            Err(RunError::Internal(message))
+        });
         let elapsed = clock.elapsed();
         let now = SystemTime::now();
         let jitter = fastrand::f64();

@@ -182,6 +182,10 @@ pub struct EgressPolicy {
     transport: Arc<dyn Transport>,
     /// Origins refused during this run, for the run report.
     pub denied: Vec<String>,
+    /// Why the last request failed below HTTP (connect, TLS), in words: the plugin only
+    /// sees an error code, and the run's error should say the cause ("the certificate's
+    /// issuer is unknown").
+    pub failure: Option<String>,
 }
 
 impl EgressPolicy {
@@ -192,6 +196,7 @@ impl EgressPolicy {
             limits,
             transport,
             denied: Vec::new(),
+            failure: None,
         }
     }
 
@@ -220,6 +225,70 @@ impl EgressPolicy {
 
 type SendResult = wasmtime_wasi_http::Result<Sent>;
 
+type ErrorCode = wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
+
+/// A connect failure as a wasi:http code and words.
+fn connect_failure(err: &std::io::Error) -> (ErrorCode, String) {
+    use std::io::ErrorKind as K;
+    let code = match err.kind() {
+        K::ConnectionRefused => ErrorCode::ConnectionRefused,
+        K::TimedOut => ErrorCode::ConnectionTimeout,
+        K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => {
+            ErrorCode::ConnectionTerminated
+        }
+        K::HostUnreachable | K::NetworkUnreachable | K::AddrNotAvailable => {
+            ErrorCode::DestinationUnavailable
+        }
+        _ => ErrorCode::ConnectionRefused,
+    };
+    // The OS's words, without Rust's `Os { code: .., kind: .. }` dump.
+    let words = err.to_string();
+    let words = words
+        .split(" (os error")
+        .next()
+        .unwrap_or(&words)
+        .to_string();
+    (code, format!("cannot connect: {}", words.to_lowercase()))
+}
+
+/// A TLS failure as a wasi:http code and words naming the cause.
+fn tls_failure(err: &std::io::Error) -> (ErrorCode, String) {
+    use rustls::{CertificateError as C, Error as R};
+    let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<R>()) else {
+        return (ErrorCode::TlsProtocolError, format!("TLS failed: {err}"));
+    };
+    let cert = |why: &str| {
+        (
+            ErrorCode::TlsCertificateError,
+            format!("TLS: the server's certificate {why}"),
+        )
+    };
+    match tls {
+        R::InvalidCertificate(C::UnknownIssuer) => {
+            cert("was issued by an unknown authority (not in the trusted roots)")
+        }
+        R::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => cert("has expired"),
+        R::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            cert("is not valid yet")
+        }
+        R::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+            cert("is not valid for this host name")
+        }
+        R::InvalidCertificate(C::Revoked) => cert("has been revoked"),
+        R::InvalidCertificate(other) => cert(&format!("was refused ({other:?})")),
+        R::AlertReceived(alert) => (
+            ErrorCode::TlsAlertReceived(
+                wasmtime_wasi_http::p2::bindings::http::types::TlsAlertReceivedPayload {
+                    alert_id: None,
+                    alert_message: Some(format!("{alert:?}")),
+                },
+            ),
+            format!("TLS: the server sent the alert {alert:?}"),
+        ),
+        other => (ErrorCode::TlsProtocolError, format!("TLS failed: {other}")),
+    }
+}
+
 impl WasiHttpHooks for EgressPolicy {
     fn send_request(
         &mut self,
@@ -246,6 +315,23 @@ impl WasiHttpHooks for EgressPolicy {
             self.transport
                 .send(request, options, self.allowed.clone(), self.limits),
         )
+    }
+
+    fn p2_error_from_connect(&mut self, err: &std::io::Error) -> ErrorCode {
+        let (code, words) = connect_failure(err);
+        self.failure = Some(words);
+        code
+    }
+
+    fn p2_error_from_tls(&mut self, err: &std::io::Error) -> ErrorCode {
+        let (code, words) = tls_failure(err);
+        self.failure = Some(words);
+        code
+    }
+
+    fn p2_error_from_hyper(&mut self, err: &hyper::Error) -> ErrorCode {
+        self.failure = Some(format!("HTTP: {err}"));
+        ErrorCode::HttpProtocolError
     }
 }
 

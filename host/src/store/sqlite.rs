@@ -100,6 +100,9 @@ struct Inner {
     /// waits for a writer, and takes microseconds); each reader takes its own connection.
     readers: Mutex<Vec<Connection>>,
     read_only: bool,
+    /// Read-only, from a folder this process cannot write, with no writer active: SQLite
+    /// reads the file as it is (see [`connect_read_only`]).
+    immutable: bool,
     master: Option<MasterKeys>,
     key_source: KeySource,
     data: DataKeys,
@@ -229,6 +232,7 @@ impl SqliteStore {
                 })),
                 readers: Mutex::new(Vec::new()),
                 read_only: false,
+                immutable: false,
                 master: Some(master),
                 key_source: source,
                 data: DataKeys::default(),
@@ -247,7 +251,7 @@ impl SqliteStore {
                 path.display()
             )));
         }
-        let read = connect(path, true)?;
+        let (read, immutable) = connect_read_only(path)?;
         let version: i64 = read
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(|e| sql_err(path, e))?;
@@ -266,6 +270,7 @@ impl SqliteStore {
                 write: None,
                 readers: Mutex::new(vec![read]),
                 read_only: true,
+                immutable,
                 master,
                 key_source: source,
                 data: DataKeys::default(),
@@ -333,6 +338,55 @@ fn connect(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
             .map_err(err)?;
     }
     Ok(conn)
+}
+
+/// A read-only connection for a reader that may not be allowed to write anything beside
+/// the store. In WAL mode SQLite needs the `-shm` file to read: it uses it read-only when
+/// it exists (a writer is active, or left it), and creates it otherwise, which a reader
+/// without write access to the folder cannot. Then no writer is active and the WAL holds
+/// nothing the file lacks (the last writer to close checkpointed it and removed both files),
+/// so the file is read as it is (`immutable=1`). Returns whether it came to that.
+fn connect_read_only(path: &Path) -> Result<(Connection, bool), StoreError> {
+    let first = connect(path, true).and_then(|c| {
+        c.busy_timeout(READ_BUSY_TIMEOUT)
+            .and_then(|()| c.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0)))
+            .map(|_| c)
+            .map_err(|e| sql_err(path, e))
+    });
+    match first {
+        Ok(c) => Ok((c, false)),
+        Err(e) => {
+            let mut wal = path.as_os_str().to_owned();
+            wal.push("-wal");
+            if Path::new(&wal).exists() {
+                return Err(e);
+            }
+            Ok((connect_immutable(path)?, true))
+        }
+    }
+}
+
+fn connect_immutable(path: &Path) -> Result<Connection, StoreError> {
+    // In a URI filename `%`, `?` and `#` must be escaped.
+    let file: String = path
+        .display()
+        .to_string()
+        .chars()
+        .map(|c| match c {
+            '%' => "%25".to_string(),
+            '?' => "%3f".to_string(),
+            '#' => "%23".to_string(),
+            c => c.to_string(),
+        })
+        .collect();
+    let uri = format!("file:{file}?immutable=1");
+    Connection::open_with_flags(
+        uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| sql_err(path, e))
 }
 
 fn sql_err(path: &Path, e: rusqlite::Error) -> StoreError {
@@ -644,6 +698,7 @@ impl Inner {
         let idle = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match idle {
             Some(c) => c,
+            None if self.immutable => connect_immutable(&self.path)?,
             None => {
                 let c = connect(&self.path, self.read_only)?;
                 c.busy_timeout(READ_BUSY_TIMEOUT).map_err(self.err())?;
