@@ -295,7 +295,7 @@ async fn exported_component_runs_as_a_job_plugin() {
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
     let bytes = std::fs::read(cli.dir.path().join("exported.wasm")).unwrap();
     assert_eq!(&bytes[..4], b"\0asm");
-    assert_eq!(bytes.as_slice(), tokenwarden::runtime::BUILTIN_COMPONENT);
+    assert_eq!(bytes.as_slice(), tokenwarden::BUILTIN_COMPONENT);
 
     let mut cfg = config(&emu.authority());
     cfg = cfg.replace(

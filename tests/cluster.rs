@@ -113,8 +113,8 @@ async fn two_daemons_on_one_sqlite_store_refresh_each_job_once() {
     // A manual trigger on each daemon at once: one run, whose record both return.
     let before = emu.state.issue_times(&tenant(0)).len();
     let (ra, rb) = tokio::join!(
-        tokenwarden::client::post(a.admin, "/jobs/j0/refresh", None),
-        tokenwarden::client::post(b.admin, "/jobs/j0/refresh", None)
+        tokenwarden::cli::client::post(a.admin, "/jobs/j0/refresh", None),
+        tokenwarden::cli::client::post(b.admin, "/jobs/j0/refresh", None)
     );
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
     assert_eq!(

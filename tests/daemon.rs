@@ -6,8 +6,8 @@
 use secrecy::SecretString;
 use std::sync::Arc;
 use std::time::Duration;
-use tokenwarden::client;
-use tokenwarden::config::DaemonConfig;
+use tokenwarden::DaemonConfig;
+use tokenwarden::cli::client;
 use tokenwarden::daemon::{Coordination, Daemon, RunEvent, Trigger};
 use tokenwarden::emulator::{EmulatorConfig, Fault};
 use tokenwarden::schedule::Policy;
@@ -56,7 +56,7 @@ async fn next(events: &mut Receiver<RunEvent>, within: Duration) -> RunEvent {
 }
 
 async fn store_token(f: &Fixture, value: &str, expires_in: i64) {
-    let at = (tokenwarden::time::unix_now() as i64 + expires_in).max(0) as u64;
+    let at = (tokenwarden_tests::unix_now() as i64 + expires_in).max(0) as u64;
     f.store
         .set(
             ACCESS_TOKEN,
@@ -193,7 +193,7 @@ async fn permanent_errors_back_off_slowly_and_are_reported() {
         let err = e.record.error.clone().expect("fails");
         assert_eq!(
             (err.class.as_str(), err.retry),
-            ("rejected", tokenwarden::outcome::Retry::Permanent)
+            ("rejected", tokenwarden::Retry::Permanent)
         );
         let oauth = err.oauth.unwrap();
         assert_eq!(oauth.error, "invalid_client");
@@ -302,7 +302,7 @@ async fn restart_catches_up_only_when_the_token_is_missing_expired_or_due() {
                 .set(
                     &j.secrets.access_token,
                     &SecretString::from("old".to_string()),
-                    Some((tokenwarden::time::unix_now() as i64 + expires_in) as u64),
+                    Some((tokenwarden_tests::unix_now() as i64 + expires_in) as u64),
                 )
                 .await
                 .unwrap();
@@ -330,7 +330,7 @@ async fn restart_catches_up_only_when_the_token_is_missing_expired_or_due() {
         "the fresh token is left alone"
     );
     let fresh = daemon.status("fresh").unwrap();
-    let due_in = fresh.next_run_at as i64 - tokenwarden::time::unix_now() as i64;
+    let due_in = fresh.next_run_at as i64 - tokenwarden_tests::unix_now() as i64;
     assert!(
         (1600..=1800).contains(&due_in),
         "half-life of a 1 h token: {due_in}"

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokenwarden::config::DaemonConfig;
+use tokenwarden::DaemonConfig;
 use tokenwarden::daemon::{Coordination, Daemon};
 use tokenwarden::schedule::Policy;
 use tokenwarden::{JobConfig, PluginError, SecretStore};
@@ -86,7 +86,7 @@ async fn absurd_lifetimes_neither_crash_nor_spin_nor_park_the_daemon() {
     }
     let d = daemon(jobs, &policy(), &f).await;
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    let now = tokenwarden::time::unix_now();
+    let now = tokenwarden_tests::unix_now();
     for (name, server) in &servers {
         let requests = server.received().len();
         // Catch-up, then at most one run a second (`min_interval`).
@@ -220,8 +220,8 @@ async fn echoed_credentials_never_reach_any_output() {
         form_urlencoded::byte_serialize(tokenwarden::emulator::DEMO_CLIENT_SECRET.as_bytes())
             .collect();
     for auth in [
-        tokenwarden::config::ClientAuth::ClientSecretPost,
-        tokenwarden::config::ClientAuth::ClientSecretBasic,
+        tokenwarden::ClientAuth::ClientSecretPost,
+        tokenwarden::ClientAuth::ClientSecretBasic,
     ] {
         let mut job = url_job(&server.url("/token"), "api");
         job.client_auth = auth;
@@ -465,7 +465,7 @@ async fn slow_admin_connections_cannot_starve_refreshes() {
         matches!(
             tokio::time::timeout(
                 Duration::from_secs(1),
-                tokenwarden::client::get(d.admin, "/healthz", None)
+                tokenwarden::cli::client::get(d.admin, "/healthz", None)
             )
             .await,
             Ok(Ok(r)) if r.status == 200
@@ -485,7 +485,7 @@ async fn slow_admin_connections_cannot_starve_refreshes() {
 /// A transport that panics on its first `n` requests, then sends for real.
 struct Panicky {
     left: std::sync::atomic::AtomicU32,
-    net: tokenwarden::egress::send::NetTransport,
+    net: tokenwarden::NetTransport,
 }
 
 impl tokenwarden::egress::Transport for Panicky {

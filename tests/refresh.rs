@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 use tokenwarden::emulator::{self, Fault};
-use tokenwarden::outcome::{PluginError, Retry, RunError};
-use tokenwarden::time::unix_now;
 use tokenwarden::{JobConfig, SecretStore};
+use tokenwarden::{PluginError, Retry, RunError};
+use tokenwarden_tests::unix_now;
 use tokenwarden_tests::*;
 
 async fn run(job: &JobConfig, f: &Fixture) -> Result<tokenwarden::RunReport, RunError> {
@@ -253,7 +253,7 @@ async fn client_secret_basic_sends_rfc6749_credentials() {
     .await;
     let f = Fixture::new().await;
     let mut job = url_job(&server.url("/token"), "api");
-    job.client_auth = tokenwarden::config::ClientAuth::ClientSecretBasic;
+    job.client_auth = tokenwarden::ClientAuth::ClientSecretBasic;
     run(&job, &f).await.unwrap();
     let r = &server.received()[0];
     assert!(!r.form().contains_key("client_secret"));
@@ -279,7 +279,7 @@ async fn client_secret_basic_sends_rfc6749_credentials() {
     // The emulator decodes Basic the same way and issues a token.
     let emu = start_emulator().await;
     let mut job = entra_job(&emu.authority());
-    job.client_auth = tokenwarden::config::ClientAuth::ClientSecretBasic;
+    job.client_auth = tokenwarden::ClientAuth::ClientSecretBasic;
     run(&job, &f).await.unwrap();
 }
 
@@ -310,7 +310,7 @@ async fn missing_secrets_are_typed_and_send_nothing() {
         e,
         PluginError::MissingSecret {
             role: "client-secret".into(),
-            name: "Never Stored".into()
+            name: Some("Never Stored".into())
         }
     );
     // The error says what is missing by the name the user knows, and how to fix it.
@@ -483,7 +483,7 @@ async fn a_full_instance_pool_makes_runs_wait_within_their_timeout() {
     let emu = start_emulator().await;
     let f = Fixture::new().await;
     let one_slot = tokenwarden::Runtime::new(tokenwarden::RuntimeOptions {
-        pooling: Some(tokenwarden::runtime::Pooling::for_runs(1, &[])),
+        pooling: Some(tokenwarden::Pooling::for_runs(1, &[])),
         ..Default::default()
     })
     .unwrap();
@@ -529,4 +529,37 @@ async fn a_full_instance_pool_makes_runs_wait_within_their_timeout() {
         4,
         "the waiter sent nothing"
     );
+}
+
+/// A token endpoint whose certificate no trusted authority issued: the run's error says
+/// so in words, from the host's TLS layer (the plugin only sees an error code).
+#[tokio::test]
+async fn a_tls_failure_names_its_cause() {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let _ = acceptor.accept(tcp).await;
+        }
+    });
+    let f = Fixture::new().await;
+    let job = url_job(&format!("https://127.0.0.1:{}/token", addr.port()), "api");
+    match plugin_error(run(&job, &f).await) {
+        PluginError::Transport(why) => {
+            assert!(why.contains("issued by an unknown authority"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokenwarden::egress::{HttpLimits, Origin};
 use tokenwarden::emulator::{self, Fault};
-use tokenwarden::outcome::{PluginError, RunError};
 use tokenwarden::{JobConfig, Runtime};
+use tokenwarden::{PluginError, RunError};
 use tokenwarden_tests::*;
 use tracing_subscriber::Layer as _;
 
@@ -332,7 +332,7 @@ async fn canary_no_secret_in_logs_errors_or_reports() {
     record(run_on(runtime(), &job, &f).await, &mut texts);
     tokens.push(f.get(ACCESS_TOKEN).await.unwrap());
     let mut basic = job.clone();
-    basic.client_auth = tokenwarden::config::ClientAuth::ClientSecretBasic;
+    basic.client_auth = tokenwarden::ClientAuth::ClientSecretBasic;
     record(run_on(runtime(), &basic, &f).await, &mut texts);
     tokens.push(f.get(ACCESS_TOKEN).await.unwrap());
     for fault in [

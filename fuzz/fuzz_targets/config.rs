@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
             for job in &config.jobs {
                 assert!(!job.name.is_empty());
                 let _ = job.effective_allow_list();
-                if let tokenwarden::config::Schedule::Cron(c) = &job.schedule {
+                if let tokenwarden::Schedule::Cron(c) = &job.schedule {
                     let _ = c.next_after(std::time::SystemTime::UNIX_EPOCH);
                 }
             }

@@ -1,10 +1,13 @@
-//! The plugin's token-reply parser against arbitrary status, `Retry-After` and body.
-//! Invariants: no panic; a success always carries a non-blank token; an error never quotes
-//! the body's `access_token`.
+//! The plugin's token-reply parser against arbitrary status, `Retry-After` and body, at
+//! three clocks (the epoch, today, the end of `u64`). Invariants: no panic; a success always
+//! carries a non-blank token and an expiry that saturates rather than wraps; an error never
+//! quotes the body's `access_token`; a `Retry-After` is never read as further away than it
+//! says (delay-seconds saturate at `u32::MAX`, an HTTP date counts from the clock, a past
+//! one is 0).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tokenwarden_plugin::oauth::{HttpReply, parse_reply};
+use tokenwarden_plugin::oauth::{Error, HttpReply, http_date, parse_reply};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 3 {
@@ -24,6 +27,32 @@ fuzz_target!(|data: &[u8]| {
             1_700_000_000,
         )
     };
+    for now in [0, u64::MAX] {
+        let reply = HttpReply {
+            status,
+            retry_after: retry_after.clone(),
+            body: body.clone(),
+        };
+        match parse_reply(&reply, now) {
+            Ok(t) => {
+                if let (Some(at), Some(secs)) = (t.outcome.expires_at, t.outcome.expires_in) {
+                    assert_eq!(at, now.saturating_add(secs));
+                }
+            }
+            Err(Error::Throttled(Some(secs))) => {
+                let v = retry_after.as_deref().unwrap_or_default().trim();
+                match v.parse::<u64>() {
+                    Ok(n) => assert_eq!(u64::from(secs), n.min(u64::from(u32::MAX))),
+                    Err(_) => {
+                        let at = http_date(v).expect("a date was read");
+                        assert!(at <= 253_402_300_800, "a date past 9999: {v}");
+                        assert_eq!(u64::from(secs), at.saturating_sub(now).min(u64::from(u32::MAX)));
+                    }
+                }
+            }
+            Err(_) => {}
+        }
+    }
     match parse(body.clone()) {
         Ok(t) => assert!(!t.access_token.trim().is_empty()),
         Err(e) => {

@@ -36,6 +36,20 @@ pub enum AdminError {
     Unauthenticated(SocketAddr),
 }
 
+/// Default admin API address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8420";
+
+/// The admin API's settings (`[admin]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Address of the admin API.
+    pub listen: SocketAddr,
+    /// Store name of the bearer token the API demands.
+    pub token_secret: Option<String>,
+    /// What the port may take of the process.
+    pub limits: AdminLimits,
+}
+
 /// How much of the process the admin port may take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AdminLimits {

@@ -1,19 +1,20 @@
-//! Host bindings generated from `wit/refresh.wit`. The wasi packages come from
-//! wasmtime-wasi and wasmtime-wasi-http, which the runtime links separately.
+//! Host bindings of the `refresher` world (`wit/refresh.wit`): the exported `action` an
+//! embedder calls. The imports are linked by their own capabilities: wasi from
+//! wasmtime-wasi and wasmtime-wasi-http, `secrets` from [`crate::secrets`].
 
 #![allow(missing_docs)]
 
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "tokenwarden:refresh/refresher",
-    imports: { "tokenwarden:refresh/secrets": async },
+    imports: { default: async },
     exports: { default: async },
     with: {
         "wasi:http": wasmtime_wasi_http::p2::bindings::http,
         "wasi:io": wasmtime_wasi::p2::bindings::io,
         "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+        "tokenwarden:refresh/secrets": crate::secrets::bindings,
     },
 });
 
 pub use self::exports::tokenwarden::refresh::action;
-pub use self::tokenwarden::refresh::secrets;

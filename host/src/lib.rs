@@ -1,38 +1,63 @@
 //! tokenwarden: a sandboxed OAuth 2.0 client-credentials token refresher.
 //!
-//! A WebAssembly component (built into this crate, see [`runtime::BUILTIN_COMPONENT`])
-//! fetches tokens; this library is the wasmtime host that runs it with exactly the
-//! capabilities its job grants. Modules by capability:
-//! [`config`] (the TOML contract), [`store`] (durable secrets), [`egress`] (outbound HTTP
-//! policy), [`grants`] (the `secrets` interface), [`runtime`] (engine and runs),
-//! [`schedule`] (pure timing decisions), [`daemon`] (scheduled runs, retries), [`admin`]
-//! (HTTP API), [`metrics`], [`emulator`] (an Entra-compatible token endpoint), [`cli`].
+//! A WebAssembly component ([`BUILTIN_COMPONENT`], built into this crate) fetches a token
+//! and stores it; this library is the wasmtime host that runs it with exactly what its job
+//! grants: outbound HTTP to the token endpoint's origin and a handful of named secrets.
+//!
+//! # Embedding
+//!
+//! - Run jobs with the reference host: build a [`Runtime`], describe a job with
+//!   [`JobConfig`] (or load a [`Config`] file), and call [`Runtime::run`] with any
+//!   [`SecretStore`] ([`MemoryStore`], [`SqliteStore`], [`PgStore`] or your own). For
+//!   schedules, retries and several processes sharing a store, run a [`Daemon`].
+//! - Or link the component into your own wasmtime host: wasi and wasi:http from
+//!   wasmtime-wasi(-http) (with [`EgressPolicy`] as the HTTP hooks to keep the allow-list),
+//!   [`secrets::add_to_linker`] for the secrets, and the [`Refresher`] bindings to call the
+//!   exported action. `examples/embed.rs` is a complete host in under sixty lines.
+//!
+//! # Modules
+//!
+//! The data path reads in one direction: a [`Config`] (the file) holds [`JobConfig`]s and
+//! each capability's settings; the [`Runtime`] runs a job's component with the
+//! [`secrets`] and [`egress`] capabilities; the component's results are the contract's
+//! [`Outcome`] and [`PluginError`]; the [`store`] keeps what it wrote. [`schedule`] holds the
+//! pure timing decisions the [`daemon`] applies, and [`admin`] serves its HTTP API;
+//! [`emulator`] is an Entra-compatible token endpoint for tests and demos. The command line lives behind the `cli` feature (on by
+//! default, for the binary); embedders can turn default features off.
 
 pub mod admin;
 mod bindings;
-pub mod cache;
+mod cache;
+#[cfg(feature = "cli")]
 pub mod cli;
-pub mod client;
-pub mod config;
+mod config;
 pub mod daemon;
-pub mod demo;
 pub mod egress;
 pub mod emulator;
-pub mod files;
-pub mod grants;
-pub mod limits;
-pub mod metrics;
-pub mod outcome;
+mod files;
+mod job;
+mod limits;
+mod outcome;
 mod redact;
-pub mod report;
-pub mod runtime;
+mod runtime;
 pub mod schedule;
+pub mod secrets;
 pub mod store;
-pub mod text;
-pub mod time;
+mod text;
+mod time;
 
-pub use config::{Config, JobConfig};
+pub use admin::{AdminConfig, AdminLimits};
+pub use bindings::{Refresher, RefresherPre, action};
+pub use cache::{CacheOutcome, CompileCache};
+pub use config::{CONFIG_ENV, Config, ConfigError};
+pub use daemon::{Coordination, Daemon, DaemonConfig};
+pub use egress::{EgressPolicy, HttpLimits, NetTransport, Origin, Transport};
+pub use job::{ClientAuth, JobConfig};
 pub use limits::RunLimits;
-pub use outcome::{Outcome, PluginError, RunError};
-pub use runtime::{RunReport, Runtime, RuntimeOptions};
-pub use store::{SecretStore, memory::MemoryStore, postgres::PgStore, sqlite::SqliteStore};
+pub use outcome::{OAuthError, Outcome, PluginError, Retry, RunError};
+pub use runtime::{
+    BUILTIN_COMPONENT, Pooling, RunReport, Runtime, RuntimeOptions, WASMTIME_VERSION,
+};
+pub use schedule::{Policy, Schedule};
+pub use secrets::{SecretRoles, SecretsCtx};
+pub use store::{MemoryStore, PgStore, SecretStore, SqliteStore, StoreConfig, StoreError};

@@ -8,17 +8,17 @@
 
 use crate::bindings::{Refresher, RefresherPre, action};
 use crate::cache::CompileCache;
-use crate::config::{ClientAuth, JobConfig};
-use crate::egress::send::NetTransport;
+use crate::egress::NetTransport;
 use crate::egress::{EgressPolicy, Transport};
-use crate::grants::{Grants, SecretsCtx};
+use crate::job::{ClientAuth, JobConfig};
 use crate::outcome::{OAuthError, Outcome, PluginError, RunError};
+use crate::secrets::{Grants, SecretsCtx};
 use crate::store::{Lease, SecretStore};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -46,9 +46,8 @@ pub struct RuntimeOptions {
 }
 
 /// wasmtime's pooling allocator, sized for the runs in flight: instantiation reuses warm
-/// slots instead of mapping fresh memory every run (about half the cost of a run, see
-/// BENCHMARKS.md). A run waits for a free slot, within its job's timeout, when all
-/// `instances` are in use.
+/// slots instead of mapping fresh memory every run (BENCHMARKS.md has what that saves). A
+/// run waits for a free slot, within its job's timeout, when all `instances` are in use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pooling {
     /// Component instances alive at once.
@@ -280,9 +279,9 @@ impl Runtime {
                 .table_elements(p.max_table_elements);
             // With PAGEMAP_SCAN (Linux 6.7+) a freed slot is reset by rewriting only the
             // pages its run touched, which stay mapped, so the next run takes no page
-            // faults: 39 µs a run instead of 59 µs here. Without it, a memset of a fixed
-            // prefix (wasmtime's fallback) cost more than it saved (90 µs), so the whole
-            // slot is reset by madvise.
+            // faults. Without it, wasmtime's fallback (a memset of a fixed prefix) costs
+            // more than it saves, so the whole slot is reset by madvise. BENCHMARKS.md has
+            // the figures.
             if wasmtime::PoolingAllocationConfig::is_pagemap_scan_available() {
                 pool.pagemap_scan(wasmtime::Enabled::Yes)
                     .linear_memory_keep_resident(1 << 20)
@@ -295,11 +294,8 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(component_err("linker"))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(component_err("linker"))?;
-        crate::bindings::secrets::add_to_linker::<RunState, HasSelf<SecretsCtx>>(
-            &mut linker,
-            |s| &mut s.secrets,
-        )
-        .map_err(component_err("linker"))?;
+        crate::secrets::add_to_linker(&mut linker, |s: &mut RunState| &mut s.secrets)
+            .map_err(component_err("linker"))?;
         // The ticker holds only a weak handle, so it ends with the last Runtime.
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -431,12 +427,9 @@ impl Runtime {
             http: WasiHttpCtx::new(),
             table,
             egress: EgressPolicy::new(allowed, job.limits.http, self.transport.clone()),
-            secrets: SecretsCtx::new(
-                Grants::from_roles(&job.secrets),
-                store,
-                lease,
-                job.limits.max_token_lifetime,
-            ),
+            secrets: SecretsCtx::new(&job.secrets, store)
+                .fenced_by(lease)
+                .max_token_lifetime(job.limits.max_token_lifetime),
             limits: StoreLimitsBuilder::new()
                 .memory_size(job.limits.max_memory)
                 .table_elements(job.limits.max_table_elements)
@@ -511,11 +504,10 @@ impl Runtime {
                 },
                 token_secret: job.secrets.access_token.clone(),
                 duration: started.elapsed(),
-                token_revision: data.secrets.written,
+                token_revision: data.secrets.written(),
             }),
             Err(e) => {
-                let grants = Grants::from_roles(&job.secrets);
-                let e = match (from_wit(e, &grants), &data.egress.failure) {
+                let e = match (from_wit(e, data.secrets.grants()), &data.egress.failure) {
                     // The plugin saw only an error code; the host saw the cause.
                     (PluginError::Transport(t), Some(cause)) => {
                         PluginError::Transport(format!("{t}: {cause}"))
@@ -529,15 +521,12 @@ impl Runtime {
 }
 
 /// The plugin's error as the host reports it; `grants` turns a role into the store name
-/// the user knows.
+/// the user knows. The one conversion from the WIT type (the component has the other).
 fn from_wit(e: action::Error, grants: &Grants) -> PluginError {
     use action::Error as W;
     match e {
         W::MissingSecret(role) => PluginError::MissingSecret {
-            name: grants
-                .store_name(&role)
-                .unwrap_or("(not bound)")
-                .to_string(),
+            name: grants.store_name(&role).map(str::to_string),
             role,
         },
         W::AccessDenied(s) => PluginError::AccessDenied(s),

@@ -168,6 +168,16 @@ impl Default for Policy {
 /// Largest share of a delay that jitter may take off (auto) or add (backoff).
 const JITTER: f64 = 0.1;
 
+/// A jitter argument as a share in [0, 1]: NaN counts as 0, so `Duration::mul_f64` (which
+/// panics on NaN) never sees one.
+fn unit(jitter: f64) -> f64 {
+    if jitter.is_nan() {
+        0.0
+    } else {
+        jitter.clamp(0.0, 1.0)
+    }
+}
+
 /// What is known of the stored token: when it was written and when it expires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TokenState {
@@ -223,7 +233,7 @@ pub fn auto_offset(
     if let Some(r) = refresh_in {
         offset = offset.min(r);
     }
-    offset.mul_f64(1.0 - JITTER * jitter.clamp(0.0, 1.0))
+    offset.mul_f64(1.0 - JITTER * unit(jitter))
 }
 
 /// When a job whose stored token is `token` is due, as its schedule says. `None` (no
@@ -284,7 +294,7 @@ pub struct Failure {
 /// The delay before retrying after the `failures`-th consecutive failure (1-based), before
 /// the token bound of [`retry_at`]. `jitter` in [0, 1).
 pub fn retry_delay(policy: &Policy, failure: Failure, failures: u32, jitter: f64) -> Duration {
-    let jitter = jitter.clamp(0.0, 1.0);
+    let jitter = unit(jitter);
     if failure.throttled {
         // Never earlier than the server asked, never later than we are willing to wait.
         let wait = failure
@@ -307,7 +317,7 @@ pub fn retry_delay(policy: &Policy, failure: Failure, failures: u32, jitter: f64
         .max(initial.min(max));
     // Equal jitter: half fixed, half random, so retries of many jobs spread out but
     // never collapse to zero.
-    backoff / 2 + (backoff / 2).mul_f64(jitter)
+    (backoff / 2).saturating_add((backoff / 2).mul_f64(jitter))
 }
 
 /// When to retry after a failure at `now`: [`retry_delay`] later, but not past the time the
@@ -323,13 +333,14 @@ pub fn retry_at(
 ) -> SystemTime {
     let planned = time::add(now, retry_delay(policy, failure, failures, jitter));
     let earliest = time::add(now, policy.retry_initial / 2);
-    match token
+    let bounded = match token
         .filter(|t| t.valid_at(now))
         .and_then(|t| t.replace_by(policy.refresh_lead))
     {
-        Some(bound) => planned.min(bound).max(earliest),
+        Some(bound) => planned.min(bound),
         None => planned,
-    }
+    };
+    bounded.max(earliest)
 }
 
 #[cfg(test)]

@@ -35,8 +35,8 @@ impl Guest for Component {
             authority: req.authority,
             token_url: req.token_url,
             client_auth: match req.client_auth {
-                action::ClientAuth::ClientSecretPost => oauth::ClientAuth::Post,
-                action::ClientAuth::ClientSecretBasic => oauth::ClientAuth::Basic,
+                action::ClientAuth::ClientSecretPost => oauth::ClientAuth::ClientSecretPost,
+                action::ClientAuth::ClientSecretBasic => oauth::ClientAuth::ClientSecretBasic,
             },
             extra_params: req.extra_params,
         };
@@ -57,7 +57,7 @@ fn to_wit(e: oauth::Error) -> action::Error {
     use action::Error as W;
     use oauth::Error as E;
     match e {
-        E::MissingSecret(s) => W::MissingSecret(s),
+        E::MissingSecret { role, .. } => W::MissingSecret(role),
         E::AccessDenied(s) => W::AccessDenied(s),
         E::SecretStore(s) => W::SecretStore(s),
         E::EgressDenied(s) => W::EgressDenied(s),

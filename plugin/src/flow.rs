@@ -3,17 +3,7 @@
 
 use crate::oauth::{self, Credentials, Error, HttpReply, HttpRequest, Outcome, Request};
 
-/// Role names the plugin asks the host for (WIT `secrets` interface).
-pub mod role {
-    /// Read: the application (client) id.
-    pub const CLIENT_ID: &str = "client-id";
-    /// Read: the client secret.
-    pub const CLIENT_SECRET: &str = "client-secret";
-    /// Read: the Entra tenant (GUID or domain); only needed without a token URL.
-    pub const TENANT_ID: &str = "tenant-id";
-    /// Write: where the access token goes.
-    pub const ACCESS_TOKEN: &str = "access-token";
-}
+pub use tokenwarden_contract::role;
 
 /// What a refresh needs from its environment.
 pub trait Env {
@@ -31,7 +21,7 @@ pub trait Env {
 fn required(env: &impl Env, role: &str) -> Result<String, Error> {
     match env.secret(role)? {
         Some(v) if !v.trim().is_empty() => Ok(v),
-        _ => Err(Error::MissingSecret(role.into())),
+        _ => Err(Error::missing(role)),
     }
 }
 
@@ -61,8 +51,8 @@ pub fn refresh(env: &impl Env, req: &Request) -> Result<Outcome, Error> {
             &token.access_token,
             token.outcome.expires_at,
         )
-        .map_err(|e| e.redacted(&[&token.access_token]))?;
+        .map_err(|e| oauth::redacted(e, &[&token.access_token]))?;
         Ok(token.outcome)
     })();
-    result.map_err(|e| e.redacted(&secrets))
+    result.map_err(|e| oauth::redacted(e, &secrets))
 }

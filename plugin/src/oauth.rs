@@ -4,32 +4,13 @@
 
 use serde_json::{Map, Value};
 
-/// Entra's public, national and partner cloud login hosts: only these get Entra-only rules.
-const ENTRA_HOSTS: &[&str] = &[
-    "login.microsoftonline.com",
-    "login.microsoftonline.us",
-    "login.chinacloudapi.cn",
-    "login.partner.microsoftonline.cn",
-];
-
-/// Default authority: Microsoft Entra ID's public cloud.
-pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
+pub use tokenwarden_contract::entra::DEFAULT_AUTHORITY;
+pub use tokenwarden_contract::{ClientAuth, Error, OAuthError, Outcome};
+use tokenwarden_contract::{RESERVED_PARAMS, entra};
 
 /// The largest reply body accepted. Token replies are a few KiB; anything far larger is
 /// not a token endpoint speaking.
 pub const MAX_REPLY_BYTES: usize = 256 * 1024;
-
-/// Form parameters the plugin owns; `extra_params` cannot override them.
-const RESERVED_PARAMS: &[&str] = &["grant_type", "client_id", "client_secret", "scope"];
-
-/// How the client authenticates (RFC 6749 §2.3.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClientAuth {
-    /// Credentials in the form body.
-    Post,
-    /// HTTP Basic over the form-urlencoded id and secret.
-    Basic,
-}
 
 /// What the host asked for.
 #[derive(Clone, Debug)]
@@ -44,65 +25,6 @@ pub struct Request {
     pub client_auth: ClientAuth,
     /// Extra form parameters.
     pub extra_params: Vec<(String, String)>,
-}
-
-/// A successful, stored refresh.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outcome {
-    /// `token_type` of the reply.
-    pub token_type: String,
-    /// `expires_in`, seconds.
-    pub expires_in: Option<u64>,
-    /// Unix seconds of expiry.
-    pub expires_at: Option<u64>,
-    /// Entra's `ext_expires_in`.
-    pub ext_expires_in: Option<u64>,
-    /// Entra's `refresh_in`.
-    pub refresh_in: Option<u64>,
-    /// Granted scope.
-    pub scope: Option<String>,
-}
-
-/// An OAuth error reply (RFC 6749 §5.2) with Entra's diagnostics.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OAuthError {
-    /// HTTP status.
-    pub status: u16,
-    /// `error` code.
-    pub error: String,
-    /// `error_description`.
-    pub description: Option<String>,
-    /// Entra's AADSTS numbers.
-    pub error_codes: Vec<u32>,
-    /// Entra's `trace_id`.
-    pub trace_id: Option<String>,
-    /// Entra's `correlation_id`.
-    pub correlation_id: Option<String>,
-}
-
-/// Why a refresh failed; mirrors the WIT `error` variant. No case carries a secret value.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Error {
-    /// A needed role has no value.
-    MissingSecret(String),
-    /// The host refused a role.
-    AccessDenied(String),
-    /// The secret store failed.
-    SecretStore(String),
-    /// The host's egress policy refused the origin.
-    EgressDenied(String),
-    /// Transport failure.
-    Transport(String),
-    /// HTTP 429 with `Retry-After` seconds.
-    Throttled(Option<u32>),
-    /// HTTP 5xx without an OAuth body.
-    ServerError(u16),
-    /// An OAuth error reply.
-    Rejected(Box<OAuthError>),
-    /// An unusable reply.
-    InvalidResponse(String),
-    /// A request that cannot be sent.
-    BadRequest(String),
 }
 
 /// A token endpoint URL split the way wasi:http wants it.
@@ -184,7 +106,7 @@ impl Endpoint {
 
     /// Whether this is one of Microsoft Entra ID's login hosts.
     pub fn is_entra(&self) -> bool {
-        ENTRA_HOSTS.contains(&self.host())
+        entra::is_login_host(self.host())
     }
 }
 
@@ -256,7 +178,7 @@ pub fn endpoint(req: &Request, tenant: Option<&str>) -> Result<Endpoint, Error> 
         return Endpoint::parse(url);
     }
     let authority = req.authority.as_deref().unwrap_or(DEFAULT_AUTHORITY);
-    let tenant = tenant.ok_or_else(|| Error::MissingSecret("tenant-id".into()))?;
+    let tenant = tenant.ok_or_else(|| Error::missing(tokenwarden_contract::role::TENANT_ID))?;
     check_tenant(tenant)?;
     let base = Endpoint::parse(authority)?;
     let path = base.path_and_query.trim_end_matches('/');
@@ -266,7 +188,7 @@ pub fn endpoint(req: &Request, tenant: Option<&str>) -> Result<Endpoint, Error> 
         )));
     }
     Ok(Endpoint {
-        path_and_query: format!("{path}/{tenant}/oauth2/v2.0/token"),
+        path_and_query: format!("{path}{}", entra::token_path(tenant)),
         ..base
     })
 }
@@ -303,11 +225,11 @@ pub fn build_request(
         ("accept".to_string(), b"application/json".to_vec()),
     ];
     match req.client_auth {
-        ClientAuth::Post => {
+        ClientAuth::ClientSecretPost => {
             form.append_pair("client_id", &creds.client_id);
             form.append_pair("client_secret", &creds.client_secret);
         }
-        ClientAuth::Basic => {
+        ClientAuth::ClientSecretBasic => {
             headers.push(("authorization".to_string(), basic_auth(creds).into_bytes()));
         }
     }
@@ -566,23 +488,7 @@ pub fn redact(mut text: String, secrets: &[&str]) -> String {
     text
 }
 
-impl Error {
-    /// Redacts the given secret values from every text the error carries.
-    pub fn redacted(self, secrets: &[&str]) -> Self {
-        let r = |t: String| redact(t, secrets);
-        match self {
-            Error::Transport(t) => Error::Transport(r(t)),
-            Error::InvalidResponse(t) => Error::InvalidResponse(r(t)),
-            Error::BadRequest(t) => Error::BadRequest(r(t)),
-            Error::SecretStore(t) => Error::SecretStore(r(t)),
-            Error::Rejected(mut e) => {
-                e.error = r(e.error);
-                e.description = e.description.map(r);
-                e.trace_id = e.trace_id.map(r);
-                e.correlation_id = e.correlation_id.map(r);
-                Error::Rejected(e)
-            }
-            other => other,
-        }
-    }
+/// Redacts the given secret values from every text `e` carries.
+pub fn redacted(e: Error, secrets: &[&str]) -> Error {
+    e.map_text(|t| redact(t, secrets))
 }

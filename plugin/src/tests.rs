@@ -10,7 +10,7 @@ fn entra_request() -> Request {
         scope: "https://graph.microsoft.com/.default".into(),
         authority: None,
         token_url: None,
-        client_auth: ClientAuth::Post,
+        client_auth: ClientAuth::ClientSecretPost,
         extra_params: vec![],
     }
 }
@@ -113,7 +113,7 @@ fn post_body_is_form_encoded_with_content_length() {
 #[test]
 fn basic_auth_encodes_per_rfc6749_2_3_1() {
     let mut req = entra_request();
-    req.client_auth = ClientAuth::Basic;
+    req.client_auth = ClientAuth::ClientSecretBasic;
     let e = endpoint(&req, Some("t")).unwrap();
     let r = build_request(&req, e, &creds()).unwrap();
     let f = form(&r.body);
@@ -403,7 +403,7 @@ fn flow_reports_missing_secrets_before_any_request() {
         env.secrets.borrow_mut().insert(missing.into(), " ".into());
         assert_eq!(
             flow::refresh(&env, &entra_request()).err(),
-            Some(Error::MissingSecret(missing.into()))
+            Some(Error::missing(missing))
         );
         assert!(env.sent.borrow().is_empty());
     }
@@ -472,7 +472,7 @@ proptest::proptest! {
         let length = http.headers.iter().find(|(n, _)| n == "content-length").unwrap();
         proptest::prop_assert_eq!(length.1.clone(), http.body.len().to_string().into_bytes());
 
-        req.client_auth = ClientAuth::Basic;
+        req.client_auth = ClientAuth::ClientSecretBasic;
         let ep = endpoint(&req, None).unwrap();
         let http = build_request(&req, ep, &creds).unwrap();
         let auth = http.headers.iter().find(|(n, _)| n == "authorization").unwrap();

@@ -17,10 +17,10 @@ use http_body_util::{BodyExt, Full};
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokenwarden::egress::send::NetTransport;
+use tokenwarden::MemoryStore;
+use tokenwarden::NetTransport;
+use tokenwarden::Pooling;
 use tokenwarden::egress::{HttpLimits, Origin, SendFuture, Transport};
-use tokenwarden::runtime::Pooling;
-use tokenwarden::store::memory::MemoryStore;
 use tokenwarden::{JobConfig, Runtime, RuntimeOptions, SecretStore, SqliteStore, emulator};
 use tokenwarden_plugin::oauth;
 use tokenwarden_tests::{
@@ -91,13 +91,13 @@ where
         scope: "https://graph.microsoft.com/.default".into(),
         authority: None,
         token_url: Some(token_url.into()),
-        client_auth: oauth::ClientAuth::Post,
+        client_auth: oauth::ClientAuth::ClientSecretPost,
         extra_params: vec![],
     };
     let endpoint = oauth::endpoint(&req, None).unwrap();
     let http = oauth::build_request(&req, endpoint, &creds).unwrap();
     let reply = exchange(http).await;
-    let token = oauth::parse_reply(&reply, tokenwarden::time::unix_now()).unwrap();
+    let token = oauth::parse_reply(&reply, tokenwarden_tests::unix_now()).unwrap();
     store
         .set(
             ACCESS_TOKEN,

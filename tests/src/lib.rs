@@ -11,9 +11,16 @@ use secrecy::{ExposeSecret, SecretString};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use tokenwarden::config::{JobConfig, SecretRoles};
 use tokenwarden::emulator::{self, Emulator, EmulatorConfig};
+use tokenwarden::{JobConfig, SecretRoles};
 use tokenwarden::{Runtime, RuntimeOptions, SecretStore, SqliteStore};
+
+/// Unix seconds now: the clock the store and the daemon stamp records with.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// The misbehaving test guest (see `tests/guests/rogue`).
 pub const ROGUE_COMPONENT: &str = env!("TOKENWARDEN_ROGUE_WASM");
@@ -34,7 +41,7 @@ pub fn runtime() -> &'static Runtime {
 /// Engine options like the CLI's: an instance pool (roomy, as tests run in parallel).
 pub fn pooled() -> RuntimeOptions {
     RuntimeOptions {
-        pooling: Some(tokenwarden::runtime::Pooling::for_runs(64, &[])),
+        pooling: Some(tokenwarden::Pooling::for_runs(64, &[])),
         ..RuntimeOptions::default()
     }
 }
@@ -341,6 +348,7 @@ pub struct PgCluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
     as_postgres: bool,
+    fsync: bool,
 }
 
 /// Where the PostgreSQL server binaries are: `$TOKENWARDEN_PG_BIN`, else the newest
@@ -376,8 +384,19 @@ fn pg_bin() -> PathBuf {
 }
 
 impl PgCluster {
-    /// Creates and starts a cluster with a `tokenwarden` database.
+    /// Creates and starts a cluster with a `tokenwarden` database, without fsync: tests
+    /// need the server's behaviour, not its durability, and run faster without it.
     pub fn start() -> Self {
+        Self::create(false)
+    }
+
+    /// Like [`PgCluster::start`], but with fsync on, as a production server runs: for
+    /// benchmarks, whose figures must include the cost of durable commits.
+    pub fn start_durable() -> Self {
+        Self::create(true)
+    }
+
+    fn create(fsync: bool) -> Self {
         use std::os::unix::fs::PermissionsExt;
         let bin = pg_bin();
         let dir = tempfile::Builder::new()
@@ -392,6 +411,7 @@ impl PgCluster {
             dir,
             bin,
             as_postgres,
+            fsync,
         };
         cluster.run(
             "initdb",
@@ -463,8 +483,9 @@ impl PgCluster {
     /// connections.
     pub fn start_again(&self) {
         let options = format!(
-            "-k {} -c listen_addresses='' -c fsync=off -c max_connections=200",
-            self.socket_dir().display()
+            "-k {} -c listen_addresses='' -c fsync={} -c max_connections=200",
+            self.socket_dir().display(),
+            if self.fsync { "on" } else { "off" }
         );
         self.run(
             "pg_ctl",
@@ -629,8 +650,8 @@ impl DaemonProc {
     }
 
     /// `GET path` on its admin API (no auth: the tests' daemons listen on loopback).
-    pub async fn get(&self, path: &str) -> tokenwarden::client::Reply {
-        tokenwarden::client::get(self.admin, path, None)
+    pub async fn get(&self, path: &str) -> tokenwarden::cli::client::Reply {
+        tokenwarden::cli::client::get(self.admin, path, None)
             .await
             .expect("admin API answers")
     }

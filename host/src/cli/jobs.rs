@@ -2,8 +2,9 @@
 //! what the config resolves to.
 
 use super::{Usage, exit, load, runtime_options};
-use crate::config::{Config, JobConfig};
+use crate::config::Config;
 use crate::daemon::{Attempt, Leasing, RunRecord, Trigger, owner_name};
+use crate::job::JobConfig;
 use crate::outcome::Retry;
 use crate::runtime::Runtime;
 use crate::store::{Access, LeaseMode, SecretMeta, SecretStore};
@@ -109,7 +110,7 @@ fn print_record(job: &JobConfig, record: &RunRecord, as_json: bool) -> anyhow::R
         serde_json::to_writer(&mut out, &value)?;
         writeln!(out)?;
     }
-    let line = crate::report::run_line(&job.name, &job.secrets.access_token, record, unix_now());
+    let line = super::report::run_line(&job.name, &job.secrets.access_token, record, unix_now());
     match &record.error {
         None => {
             if !as_json {
@@ -175,7 +176,7 @@ pub(super) async fn status(config_path: &Path, as_json: bool) -> anyhow::Result<
             write!(
                 out,
                 "{}",
-                crate::report::status_block(
+                super::report::status_block(
                     job,
                     metas.get(&job.secrets.access_token),
                     rows.get(&job.name),
@@ -192,7 +193,7 @@ pub(super) async fn check(config_path: &Path, as_json: bool) -> anyhow::Result<u
     let config = Config::load(config_path)?;
     // Which bound secrets are set: read-only; a store not created yet holds none.
     let not_created =
-        matches!(&config.store.backend, crate::config::StoreBackend::Sqlite(p) if !p.exists());
+        matches!(&config.store.backend, crate::store::StoreBackend::Sqlite(p) if !p.exists());
     let set: Option<HashMap<String, SecretMeta>> = if not_created {
         Some(HashMap::new())
     } else {
@@ -256,13 +257,13 @@ pub(super) async fn check(config_path: &Path, as_json: bool) -> anyhow::Result<u
     if as_json {
         serde_json::to_writer_pretty(
             &mut out,
-            &json!({"config": config.path, "store": config.store_description(), "jobs": jobs}),
+            &json!({"config": config.path, "store": config.store.describe(), "jobs": jobs}),
         )?;
         writeln!(out)?;
         return Ok(exit::OK);
     }
     writeln!(out, "{}: valid", config.path.display())?;
-    writeln!(out, "store: {}", config.store_description())?;
+    writeln!(out, "store: {}", config.store.describe())?;
     for j in &jobs {
         writeln!(out, "\njob {}", j["name"].as_str().unwrap_or_default())?;
         writeln!(
@@ -331,7 +332,7 @@ fn endpoint(job: &JobConfig) -> String {
             "{}/{{tenant}}/oauth2/v2.0/token",
             job.authority
                 .as_deref()
-                .unwrap_or(crate::config::DEFAULT_AUTHORITY)
+                .unwrap_or(tokenwarden_contract::entra::DEFAULT_AUTHORITY)
                 .trim_end_matches('/')
         ),
     }

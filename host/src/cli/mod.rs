@@ -1,13 +1,16 @@
 //! The `tokenwarden` command line: argument definitions, dispatch, logging and exit codes.
 //! Each group of commands lives in its own module; the text they print for people is in
-//! [`crate::report`].
+//! [`report`].
 //!
 //! Exit codes, for scripts: 0 success; 1 unexpected failure; 2 usage or configuration
 //! error; 3 refresh failed, retryable (try again later); 4 refresh failed, permanent (fix
 //! credentials or configuration); 5 `secrets get`: no such secret. Secret values are read
 //! from stdin, never from argv, and only `secrets get` prints one.
 
+pub mod client;
+mod demo;
 mod jobs;
+mod report;
 mod secrets;
 mod serve;
 mod setup;
@@ -430,7 +433,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Run { config } => serve::daemon(&config_path(&top, &config)).await,
         Command::Emulator(args) => serve::emulator(args).await,
         Command::Demo => {
-            crate::demo::run(&mut std::io::stdout()).await?;
+            demo::run(&mut std::io::stdout()).await?;
             Ok(exit::OK)
         }
         Command::Component {

@@ -25,7 +25,7 @@ pub(super) async fn run(command: SecretsCommand, config_path: &Path) -> anyhow::
                 serde_json::to_writer_pretty(&mut out, &list)?;
                 writeln!(out)?;
             } else {
-                write!(out, "{}", crate::report::secrets_table(&list, unix_now()))?;
+                write!(out, "{}", super::report::secrets_table(&list, unix_now()))?;
             }
             Ok(exit::OK)
         }

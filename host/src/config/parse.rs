@@ -4,37 +4,29 @@
 //! not have to guess. Unknown keys are errors, not silently ignored typos. Every number is
 //! checked against a documented range here, when the file loads, so that nothing the file
 //! says can make a run panic or misbehave later (the ranges are listed in SECURITY.md).
-//! Loading is linear in the file's size: 100,000 jobs load in about a second.
+//! Loading is linear in the file's size (BENCHMARKS.md has the figures).
 
-use super::{
-    AdminConfig, ClientAuth, Config, DEFAULT_ADMIN_LISTEN, DEFAULT_PG_KEY_FILE,
-    DEFAULT_RUN_TIMEOUT, DEFAULT_STORE, DaemonConfig, JobConfig, SecretRoles, StoreBackend,
-    StoreConfig,
-};
+use super::{Config, DEFAULT_PG_KEY_FILE, DEFAULT_STORE};
+use crate::admin::{self, AdminConfig};
+use crate::daemon::DaemonConfig;
 use crate::egress::Origin;
+use crate::job::{ClientAuth, DEFAULT_RUN_TIMEOUT, JobConfig};
 use crate::limits::RunLimits;
 use crate::schedule::Schedule;
+use crate::secrets::SecretRoles;
 use crate::store::KeySource;
+use crate::store::{StoreBackend, StoreConfig};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tokenwarden_contract::{RESERVED_PARAMS, entra};
 use toml::Spanned;
 
 /// The largest config file read: a config with 100,000 jobs is about 40 MiB.
 pub const MAX_CONFIG_BYTES: u64 = 128 << 20;
-
-/// Form parameters the plugin owns; `token_params` cannot set them.
-pub const RESERVED_PARAMS: &[&str] = &[
-    "grant_type",
-    "client_id",
-    "client_secret",
-    "scope",
-    "client_assertion",
-    "client_assertion_type",
-];
 
 /// A config error: what is wrong and where.
 #[derive(Debug, thiserror::Error)]
@@ -540,7 +532,7 @@ fn store(cx: &Ctx<'_>, raw: Option<RawStore>, base: &Path) -> Result<StoreConfig
 }
 
 fn admin(cx: &Ctx<'_>, raw: Option<RawAdmin>) -> Result<AdminConfig, ConfigError> {
-    let mut limits = crate::admin::AdminLimits::default();
+    let mut limits = admin::AdminLimits::default();
     let (listen, token_secret) = match raw {
         Some(a) => {
             if let Some(n) = &a.max_connections {
@@ -564,7 +556,7 @@ fn admin(cx: &Ctx<'_>, raw: Option<RawAdmin>) -> Result<AdminConfig, ConfigError
                 ),
             )
         })?,
-        None => DEFAULT_ADMIN_LISTEN.parse().expect("valid default"),
+        None => admin::DEFAULT_LISTEN.parse().expect("valid default"),
     };
     let token_secret = match token_secret {
         Some(t) => {
@@ -832,7 +824,7 @@ fn job_config(
     let is_entra = j.token_url.is_none()
         && endpoint_origin
             .as_ref()
-            .is_none_or(|(o, _, _)| o.host.starts_with("login.microsoftonline."));
+            .is_none_or(|(o, _, _)| entra::is_login_host(&o.host));
     if is_entra && !j.scope.ends_with("/.default") {
         return Err(cx.invalid(
             span,
@@ -871,7 +863,7 @@ fn job_config(
         let (origin, span, key) = match &endpoint_origin {
             Some((o, s, k)) => (o.clone(), s.clone(), *k),
             None => (
-                Origin::of_url(super::DEFAULT_AUTHORITY).expect("valid default"),
+                Origin::of_url(entra::DEFAULT_AUTHORITY).expect("valid default"),
                 span.clone(),
                 "authority",
             ),

@@ -22,6 +22,7 @@
 //! only if the row has not moved), so a dead daemon delays its jobs by one hand-off, not by
 //! a lease lifetime.
 
+pub mod metrics;
 mod record;
 mod run;
 
@@ -30,13 +31,15 @@ pub use run::{Attempt, Leasing, Ran};
 
 use run::panic_text;
 
-use crate::config::{Config, DaemonConfig, JobConfig, StoreConfig};
-use crate::metrics::Metrics;
+use crate::config::Config;
+use crate::job::JobConfig;
 use crate::runtime::Runtime;
 use crate::schedule::{self, Failure, Policy, TokenState};
+use crate::store::StoreConfig;
 use crate::store::{JobRow, LeaseMode, Member, SecretStore, StoreError};
 use crate::time;
 use futures_util::FutureExt as _;
+use metrics::Metrics;
 use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -45,6 +48,30 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio::task::JoinSet;
+
+/// The daemon's scheduling policy and limits (`[daemon]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// Runs in flight at once across all jobs.
+    pub max_concurrent_runs: usize,
+    /// How long a stopping daemon lets runs in flight finish.
+    pub shutdown_grace: Duration,
+    /// Refresh timing and retry backoff.
+    pub policy: Policy,
+    /// Whether `/metrics` has series per job (else totals only, for many thousands of jobs).
+    pub per_job_metrics: bool,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_runs: 16,
+            shutdown_grace: Duration::from_secs(30),
+            policy: Policy::default(),
+            per_job_metrics: true,
+        }
+    }
+}
 
 /// How this daemon shares a store with others.
 #[derive(Clone, Debug)]
@@ -177,7 +204,7 @@ struct JobState {
     runs: u64,
     /// The next run its last runner recorded in the row.
     recorded_due: Option<SystemTime>,
-    /// Runs by this process, by [`crate::metrics::Outcome`].
+    /// Runs by this process, by [`metrics::Outcome`].
     counts: [u64; 3],
     /// Failures to reach the store, for this daemon's own backoff (not recorded anywhere).
     store_failures: u32,
@@ -483,8 +510,8 @@ impl Daemon {
 #[derive(Debug)]
 struct JobView(std::sync::Weak<Inner>);
 
-impl crate::metrics::JobSamples for JobView {
-    fn each(&self, f: &mut dyn FnMut(&crate::metrics::JobSample)) {
+impl metrics::JobSamples for JobView {
+    fn each(&self, f: &mut dyn FnMut(&metrics::JobSample)) {
         let Some(inner) = self.0.upgrade() else {
             return;
         };
@@ -493,7 +520,7 @@ impl crate::metrics::JobSamples for JobView {
             // The token is written by successful runs only (or by hand): its write time is
             // the last success, whoever ran it.
             let last_success = st.token.map_or(0, |t| time::unix_secs(t.updated_at));
-            f(&crate::metrics::JobSample {
+            f(&metrics::JobSample {
                 name: job.config.name.clone(),
                 token_expiry: st.token_expires_at.unwrap_or(0),
                 next_run: time::unix_secs(st.next),

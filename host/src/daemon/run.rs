@@ -11,7 +11,7 @@
 //!    with the run's record and plan, which every other process then adopts.
 
 use super::record::{ErrorRecord, RunRecord, Trigger};
-use crate::config::JobConfig;
+use crate::job::JobConfig;
 use crate::outcome::{PluginError, RunError};
 use crate::runtime::{RunReport, Runtime};
 use crate::schedule::{self, Failure, Policy, TokenState};

@@ -9,7 +9,10 @@
 //! the vetted address, never follows redirects, and bounds timeouts, header and body sizes
 //! whatever the guest asks.
 
-pub mod send;
+mod send;
+
+pub use send::NetTransport;
+pub(crate) use send::tls_config;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -200,6 +203,15 @@ impl EgressPolicy {
         }
     }
 
+    /// A policy allowing exactly `allowed` over the network, with the default limits.
+    pub fn allow(allowed: Vec<Origin>) -> Self {
+        Self::new(
+            allowed,
+            HttpLimits::default(),
+            Arc::new(NetTransport::default()),
+        )
+    }
+
     /// Whether the URI's origin is allowed.
     pub fn allows(&self, uri: &http::Uri) -> bool {
         self.matching(uri).is_some()
@@ -387,6 +399,29 @@ mod tests {
         assert!(!p.allows(&"http://127.0.0.1:8081/t".parse().unwrap()));
         assert!(!p.allows(&"https://127.0.0.1:8080/t".parse().unwrap()));
         assert!(!p.allows(&"http://localhost:8080/t".parse().unwrap()));
+    }
+
+    #[test]
+    fn transport_failures_are_explained_in_words() {
+        use rustls::{CertificateError as C, Error as R};
+        for (cause, words) in [
+            (C::UnknownIssuer, "unknown authority"),
+            (C::Expired, "has expired"),
+            (C::NotValidForName, "not valid for this host name"),
+        ] {
+            let io = std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                R::InvalidCertificate(cause),
+            );
+            let (code, text) = tls_failure(&io);
+            assert!(matches!(code, ErrorCode::TlsCertificateError), "{code:?}");
+            assert!(text.contains(words), "{text}");
+        }
+        let os = std::io::Error::from_raw_os_error(111);
+        let (code, text) = connect_failure(&os);
+        assert!(matches!(code, ErrorCode::ConnectionRefused));
+        assert_eq!(text, "cannot connect: connection refused");
+        assert!(!text.contains("os error"));
     }
 
     #[test]

@@ -465,7 +465,7 @@ mod tests {
         drop(lock);
         assert_eq!(
             MasterKeys::load(&source).unwrap().unwrap().ids(),
-            [new.clone()]
+            std::slice::from_ref(&new)
         );
         // Another process that still has only the old key reloads the file on demand.
         let keys = DataKeys::default();

@@ -19,12 +19,13 @@
 //! store (SQLite's write lock; a row lock on PostgreSQL), which is what makes revisions
 //! gap-free and the key change of a rotation atomic.
 
-pub mod crypto;
-pub mod keys;
-pub mod memory;
-pub mod postgres;
+mod crypto;
+mod keys;
+mod memory;
+mod postgres;
 mod rotation;
-pub mod sqlite;
+mod settings;
+mod sqlite;
 
 use async_trait::async_trait;
 use secrecy::SecretString;
@@ -32,7 +33,11 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 pub use keys::{KEY_ENV, KeyError, KeySource};
+pub use memory::MemoryStore;
+pub use postgres::{PASSWORD_ENV, PgStore};
 pub use rotation::NEW_KEY_ENV;
+pub use settings::{Access, StoreBackend, StoreConfig, open};
+pub use sqlite::SqliteStore;
 
 /// A store failure. Messages name secrets, never their values.
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +159,19 @@ impl JobRow {
             .as_deref()
             .filter(|_| self.lease_until_ms > now_ms)
     }
+}
+
+/// How much a backend's write must survive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// Secrets and keys: flushed to disk at commit, survives power loss.
+    Durable,
+    /// Leases, job plans, members: survives a crash of the process, and reaches the disk
+    /// with the next durable commit (SQLite's `synchronous = NORMAL`, PostgreSQL's
+    /// `synchronous_commit = off`). Losing one to a crash of the machine or the database
+    /// server costs at most a repeated refresh (a token write is fenced by the lease and
+    /// is itself durable), so a run does not pay three flushes.
+    Coordination,
 }
 
 /// When a lease may be granted.
@@ -304,41 +322,6 @@ pub trait SecretStore: Send + Sync + std::fmt::Debug {
     async fn heartbeat(&self, member: &Member, ttl: Duration) -> Result<Vec<Member>, StoreError>;
     /// Removes a member at shutdown.
     async fn leave(&self, member: &str) -> Result<(), StoreError>;
-}
-
-/// How a command needs the store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Access {
-    /// Reads and writes; creates the store (and its key) on first use.
-    ReadWrite,
-    /// Reads only: works with read access to the store's files, creates nothing.
-    ReadOnly,
-}
-
-/// Opens the store `config` describes.
-pub async fn open(
-    config: &crate::config::StoreConfig,
-    access: Access,
-) -> Result<std::sync::Arc<dyn SecretStore>, StoreError> {
-    use crate::config::StoreBackend;
-    match &config.backend {
-        StoreBackend::Sqlite(path) => {
-            let (path, key) = (path.clone(), config.key.clone());
-            let store = tokio::task::spawn_blocking(move || match access {
-                Access::ReadWrite => sqlite::SqliteStore::open_with(&path, key),
-                Access::ReadOnly => sqlite::SqliteStore::open_read_only(&path, key),
-            })
-            .await
-            .map_err(|e| StoreError::Backend {
-                store: "sqlite".into(),
-                message: format!("opening the store failed: {e}"),
-            })??;
-            Ok(std::sync::Arc::new(store))
-        }
-        StoreBackend::Postgres(url) => Ok(std::sync::Arc::new(
-            postgres::PgStore::connect(url, config.key.clone(), config.pool_size).await?,
-        )),
-    }
 }
 
 /// The largest secret value the store keeps. Tokens are a few KiB; this keeps a runaway

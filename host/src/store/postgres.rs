@@ -2,12 +2,15 @@
 //!
 //! The same model as the SQLite store (see the parent module): values sealed under
 //! versioned data keys wrapped by the master key each process brings, a revision counter,
-//! job leases and members. Every write transaction starts by advancing the revision in the
-//! one-row `tokenwarden_state` table, which takes that row's lock: writers from every host
-//! are serialised exactly as SQLite's write lock serialises them, so revisions commit in
-//! order (a reader of the change feed never misses one) and a key rotation's steps cannot
-//! interleave with a write. Lease times use the database server's clock, one clock for
-//! every host.
+//! job leases and members. Every write transaction starts by locking the one-row
+//! `tokenwarden_state` table that holds the revision counter: writers from every host are
+//! serialised exactly as SQLite's write lock serialises them, so revisions commit in order
+//! (a reader of the change feed never misses one) and a key rotation's steps cannot
+//! interleave with a write. Because that lock is held until commit, the hot writes (a
+//! secret, a lease grant, a lease release) are server-side functions, one round trip each,
+//! and lease grants and releases commit without waiting for their WAL flush (the
+//! `Coordination` durability of the parent module).
+//! Lease times use the database server's clock, one clock for every host.
 //!
 //! Connections come from a small pool (deadpool); a connection that broke while the
 //! database restarted is replaced on the next call, and every failure to reach the
@@ -81,6 +84,90 @@ CREATE TABLE tokenwarden_members (
     started_ms BIGINT NOT NULL,
     seen_ms BIGINT NOT NULL
 );
+", "
+-- Version 2: the hot writes as functions, one round trip each. A write holds the state
+-- row's lock (which orders revisions for the change feed) from its first statement to its
+-- commit, so every round trip inside it is time all hosts' writers wait; as one statement
+-- in autocommit the lock is held for the function and the commit only. The rules are the
+-- same as the SQLite store's (a lease is held while its owner is set and its time has not
+-- passed; a fenced write needs the lease's owner and fence); the store contract tests run
+-- both.
+CREATE FUNCTION tokenwarden_acquire(p_job TEXT, p_owner TEXT, p_ttl_ms BIGINT, p_expect BIGINT,
+    OUT o_result TEXT, OUT o_now BIGINT, OUT o_fence BIGINT, OUT o_owner TEXT, OUT o_until BIGINT,
+    OUT o_next_due BIGINT, OUT o_failures INT, OUT o_last_run TEXT, OUT o_revision BIGINT)
+LANGUAGE plpgsql AS $$
+DECLARE
+    rev BIGINT;
+BEGIN
+    -- A lost grant costs at most a repeated refresh: no WAL flush under the lock.
+    PERFORM set_config('synchronous_commit', 'off', true);
+    PERFORM 1 FROM tokenwarden_state WHERE id = 1 FOR UPDATE;
+    o_now := (extract(epoch from clock_timestamp()) * 1000)::bigint;
+    SELECT j.fence, j.lease_owner, j.lease_until_ms, j.next_due_ms, j.failures, j.last_run, j.revision
+      INTO o_fence, o_owner, o_until, o_next_due, o_failures, o_last_run, o_revision
+      FROM tokenwarden_jobs j WHERE j.name = p_job;
+    IF NOT FOUND THEN
+        o_fence := 0; o_until := 0; o_failures := 0; o_revision := 0;
+    END IF;
+    IF o_owner IS NOT NULL AND o_until > o_now THEN
+        o_result := 'held';
+        RETURN;
+    END IF;
+    IF p_expect IS NOT NULL AND p_expect <> o_revision THEN
+        o_result := 'moved';
+        RETURN;
+    END IF;
+    UPDATE tokenwarden_state SET revision = revision + 1 WHERE id = 1 RETURNING revision INTO rev;
+    INSERT INTO tokenwarden_jobs (name, fence, lease_owner, lease_until_ms, next_due_ms, failures, last_run, revision)
+        VALUES (p_job, o_fence + 1, p_owner, o_now + p_ttl_ms, NULL, 0, NULL, rev)
+        ON CONFLICT (name) DO UPDATE SET fence = EXCLUDED.fence, lease_owner = EXCLUDED.lease_owner,
+            lease_until_ms = EXCLUDED.lease_until_ms, revision = EXCLUDED.revision;
+    o_result := 'granted';
+END $$;
+
+CREATE FUNCTION tokenwarden_release(p_job TEXT, p_fence BIGINT, p_owner TEXT, p_next_due BIGINT,
+    p_failures INT, p_last_run TEXT, OUT o_revision BIGINT)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    PERFORM 1 FROM tokenwarden_state WHERE id = 1 FOR UPDATE;
+    PERFORM 1 FROM tokenwarden_jobs WHERE name = p_job AND fence = p_fence AND lease_owner = p_owner;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    UPDATE tokenwarden_state SET revision = revision + 1 WHERE id = 1 RETURNING revision INTO o_revision;
+    UPDATE tokenwarden_jobs SET lease_owner = NULL, lease_until_ms = 0, next_due_ms = p_next_due,
+        failures = p_failures, last_run = p_last_run, revision = o_revision
+      WHERE name = p_job;
+END $$;
+
+-- A secret write, fenced when p_job is not null. 'key' when p_key is no longer the newest
+-- data key (a rotation added one since the caller sealed the value): seal again and retry.
+CREATE FUNCTION tokenwarden_put(p_name TEXT, p_value BYTEA, p_updated BIGINT, p_expires BIGINT,
+    p_key INT, p_job TEXT, p_fence BIGINT, p_owner TEXT, OUT o_result TEXT, OUT o_revision BIGINT)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM tokenwarden_state WHERE id = 1 FOR UPDATE;
+    IF p_key IS DISTINCT FROM (SELECT MAX(version) FROM tokenwarden_data_keys) THEN
+        o_result := 'key';
+        RETURN;
+    END IF;
+    IF p_job IS NOT NULL THEN
+        PERFORM 1 FROM tokenwarden_jobs WHERE name = p_job AND fence = p_fence AND lease_owner = p_owner;
+        IF NOT FOUND THEN
+            o_result := 'fenced';
+            RETURN;
+        END IF;
+    END IF;
+    UPDATE tokenwarden_state SET revision = revision + 1 WHERE id = 1 RETURNING revision INTO o_revision;
+    DELETE FROM tokenwarden_tombstones WHERE name = p_name;
+    INSERT INTO tokenwarden_secrets (name, value, updated_at, expires_at, key_version, revision)
+        VALUES (p_name, p_value, p_updated, p_expires, p_key, o_revision)
+        ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at,
+            expires_at = EXCLUDED.expires_at, key_version = EXCLUDED.key_version,
+            revision = EXCLUDED.revision;
+    o_result := 'ok';
+END $$;
 "];
 
 /// The advisory lock key migrations run under (an arbitrary constant of ours).
@@ -100,6 +187,9 @@ struct Inner {
     display: String,
     master: MasterKeys,
     data: DataKeys,
+    /// The newest data key as last read: values are sealed with it outside the state
+    /// lock, and `tokenwarden_put` refuses a stale one, so a rotation costs one retry.
+    newest: std::sync::Mutex<Option<WrappedKey>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -251,7 +341,7 @@ impl PgStore {
         }
         let display = display_url(&config);
         let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
-            crate::egress::send::tls_config().as_ref().clone(),
+            crate::egress::tls_config().as_ref().clone(),
         );
         let manager = Manager::from_config(
             config,
@@ -272,6 +362,7 @@ impl PgStore {
         let master = migrate(&pool, &display, master, &source).await?;
         let store = Self {
             inner: Arc::new(Inner {
+                newest: std::sync::Mutex::default(),
                 pool,
                 display,
                 master,
@@ -418,8 +509,9 @@ impl Inner {
     }
 
     /// Runs `f` in one write transaction holding the state row's lock, which serialises
-    /// writers across hosts; `f` advances the revision with [`bump`] when it changes
-    /// anything the change feed reports.
+    /// writers across hosts; `f` advances the revision with [`Inner::bump`] when it
+    /// changes anything the change feed reports. For the rare writes (deletions, key
+    /// rotation); the hot ones are functions (migration 2).
     async fn write<T>(
         &self,
         f: impl AsyncFnOnce(&Transaction<'_>) -> Result<T, StoreError>,
@@ -449,73 +541,82 @@ impl Inner {
         Ok(to_u64(rev))
     }
 
-    async fn now_ms(&self, tx: &Transaction<'_>) -> Result<u64, StoreError> {
-        let now: i64 = tx
-            .query_one(&format!("SELECT {NOW_MS}"), &[])
-            .await
-            .map_err(self.err())?
-            .get(0);
-        Ok(to_u64(now))
-    }
-
+    /// Writes a secret, fenced by `lease` when given: sealed here with the newest data
+    /// key, stored by `tokenwarden_put` in one round trip.
     async fn put(
         &self,
-        tx: &Transaction<'_>,
         name: &str,
         value: &SecretString,
         expires_at: Option<u64>,
+        lease: Option<&Lease>,
     ) -> Result<SecretMeta, StoreError> {
-        let key = current_key(tx, &self.display)
+        // A rotation can add a newer key between sealing and writing; the function says so
+        // and the value is sealed again. Two tries cover a rotation in between; more means
+        // the keys change faster than a write, which is not a state to loop in.
+        for _ in 0..3 {
+            let key = self.newest_key().await?;
+            let sealed = self
+                .data_key(&key)?
+                .seal(&secret_aad(name), value.expose_secret().as_bytes());
+            let updated_at = crate::time::unix_now();
+            let row = self
+                .client()
+                .await?
+                .query_one(
+                    "SELECT o_result, o_revision FROM tokenwarden_put($1, $2, $3, $4, $5, $6, $7, $8)",
+                    &[
+                        &name,
+                        &sealed,
+                        &to_i64(updated_at),
+                        &expires_at.map(to_i64),
+                        &i32::try_from(key.version).unwrap_or(i32::MAX),
+                        &lease.map(|l| l.job.as_str()),
+                        &lease.map(|l| to_i64(l.fence)),
+                        &lease.map(|l| l.owner.as_str()),
+                    ],
+                )
+                .await
+                .map_err(self.err())?;
+            match row.get::<_, &str>(0) {
+                "ok" => {
+                    return Ok(SecretMeta {
+                        name: name.to_string(),
+                        updated_at,
+                        expires_at,
+                        revision: to_u64(row.get(1)),
+                    });
+                }
+                "fenced" => {
+                    return Err(StoreError::Fenced {
+                        job: lease.map(|l| l.job.clone()).unwrap_or_default(),
+                    });
+                }
+                _ => *self.newest.lock().unwrap_or_else(|p| p.into_inner()) = None,
+            }
+        }
+        Err(StoreError::Backend {
+            store: self.display.clone(),
+            message: "the store's data key changed during three writes in a row".into(),
+        })
+    }
+
+    async fn newest_key(&self) -> Result<WrappedKey, StoreError> {
+        if let Some(k) = self
+            .newest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(k);
+        }
+        let key = current_key(&self.client().await?, &self.display)
             .await?
             .ok_or_else(|| StoreError::Backend {
                 store: self.display.clone(),
                 message: "the store has no data key".into(),
             })?;
-        let sealed = self
-            .data_key(&key)?
-            .seal(&secret_aad(name), value.expose_secret().as_bytes());
-        let revision = self.bump(tx).await?;
-        let updated_at = crate::time::unix_now();
-        tx.execute(
-            "INSERT INTO tokenwarden_secrets (name, value, updated_at, expires_at, key_version, revision)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at,
-                 expires_at = EXCLUDED.expires_at, key_version = EXCLUDED.key_version,
-                 revision = EXCLUDED.revision",
-            &[
-                &name,
-                &sealed,
-                &to_i64(updated_at),
-                &expires_at.map(to_i64),
-                &i32::try_from(key.version).unwrap_or(i32::MAX),
-                &to_i64(revision),
-            ],
-        )
-        .await
-        .map_err(self.err())?;
-        tx.execute(
-            "DELETE FROM tokenwarden_tombstones WHERE name = $1",
-            &[&name],
-        )
-        .await
-        .map_err(self.err())?;
-        Ok(SecretMeta {
-            name: name.to_string(),
-            updated_at,
-            expires_at,
-            revision,
-        })
-    }
-
-    async fn holds(&self, tx: &Transaction<'_>, lease: &Lease) -> Result<bool, StoreError> {
-        Ok(tx
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM tokenwarden_jobs WHERE name = $1 AND fence = $2 AND lease_owner = $3)",
-                &[&lease.job, &to_i64(lease.fence), &lease.owner],
-            )
-            .await
-            .map_err(self.err())?
-            .get(0))
+        *self.newest.lock().unwrap_or_else(|p| p.into_inner()) = Some(key.clone());
+        Ok(key)
     }
 }
 
@@ -573,9 +674,7 @@ impl SecretStore for PgStore {
         expires_at: Option<u64>,
     ) -> Result<SecretMeta, StoreError> {
         check_entry(name, value)?;
-        let s = &self.inner;
-        s.write(async |tx| s.put(tx, name, value, expires_at).await)
-            .await
+        self.inner.put(name, value, expires_at, None).await
     }
 
     async fn set_fenced(
@@ -586,16 +685,7 @@ impl SecretStore for PgStore {
         lease: &Lease,
     ) -> Result<SecretMeta, StoreError> {
         check_entry(name, value)?;
-        let s = &self.inner;
-        s.write(async |tx| {
-            if !s.holds(tx, lease).await? {
-                return Err(StoreError::Fenced {
-                    job: lease.job.clone(),
-                });
-            }
-            s.put(tx, name, value, expires_at).await
-        })
-        .await
+        self.inner.put(name, value, expires_at, Some(lease)).await
     }
 
     async fn delete(&self, name: &str) -> Result<bool, StoreError> {
@@ -710,50 +800,48 @@ impl SecretStore for PgStore {
         mode: LeaseMode,
     ) -> Result<Acquired, StoreError> {
         let s = &self.inner;
-        s.write(async |tx| {
-            let now = s.now_ms(tx).await?;
-            let row = tx
-                .query_opt(
-                    &format!("SELECT {JOB_COLUMNS} FROM tokenwarden_jobs WHERE name = $1"),
-                    &[&job],
-                )
-                .await
-                .map_err(s.err())?
-                .map(|r| job_row(&r))
-                .unwrap_or_else(|| JobRow {
-                    job: job.to_string(),
-                    ..JobRow::default()
-                });
-            if row.holder(now).is_some() {
-                return Ok(Acquired::Held(row));
-            }
-            if let LeaseMode::IfUnchanged { revision } = mode
-                && revision != row.revision
-            {
-                return Ok(Acquired::Moved(row));
-            }
-            let revision = s.bump(tx).await?;
-            let lease = Lease {
-                job: job.to_string(),
-                owner: owner.to_string(),
-                fence: row.fence + 1,
-                until_ms: now.saturating_add(to_u64(ms(ttl))),
-            };
-            tx.execute(
-                "INSERT INTO tokenwarden_jobs (name, fence, lease_owner, lease_until_ms, next_due_ms, failures, last_run, revision)
-                 VALUES ($1, $2, $3, $4, NULL, 0, NULL, $5)
-                 ON CONFLICT (name) DO UPDATE SET fence = EXCLUDED.fence, lease_owner = EXCLUDED.lease_owner,
-                     lease_until_ms = EXCLUDED.lease_until_ms, revision = EXCLUDED.revision",
-                &[&job, &to_i64(lease.fence), &owner, &to_i64(lease.until_ms), &to_i64(revision)],
+        let expect = match mode {
+            LeaseMode::IfUnchanged { revision } => Some(to_i64(revision)),
+            LeaseMode::Any => None,
+        };
+        let r = s
+            .client()
+            .await?
+            .query_one(
+                "SELECT o_result, o_now, o_fence, o_owner, o_until, o_next_due, o_failures, o_last_run, o_revision
+                 FROM tokenwarden_acquire($1, $2, $3, $4)",
+                &[&job, &owner, &ms(ttl), &expect],
             )
             .await
             .map_err(s.err())?;
-            Ok(Acquired::Granted { lease, row })
+        let row = JobRow {
+            job: job.to_string(),
+            fence: to_u64(r.get(2)),
+            lease_owner: r.get(3),
+            lease_until_ms: to_u64(r.get(4)),
+            next_due_ms: r.get::<_, Option<i64>>(5).map(to_u64),
+            failures: u32::try_from(r.get::<_, i32>(6)).unwrap_or(0),
+            last_run: r.get(7),
+            revision: to_u64(r.get(8)),
+        };
+        Ok(match r.get::<_, &str>(0) {
+            "held" => Acquired::Held(row),
+            "moved" => Acquired::Moved(row),
+            _ => Acquired::Granted {
+                lease: Lease {
+                    job: job.to_string(),
+                    owner: owner.to_string(),
+                    fence: row.fence + 1,
+                    until_ms: to_u64(r.get(1)).saturating_add(to_u64(ms(ttl))),
+                },
+                row,
+            },
         })
-        .await
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Option<Lease>, StoreError> {
+        // No revision and no state lock: a renewal changes nothing another daemon acts on
+        // (a live holder is seen through the lease it was granted).
         let s = &self.inner;
         let row = s
             .client()
@@ -775,27 +863,23 @@ impl SecretStore for PgStore {
 
     async fn release(&self, lease: &Lease, update: &JobUpdate) -> Result<Option<u64>, StoreError> {
         let s = &self.inner;
-        s.write(async |tx| {
-            if !s.holds(tx, lease).await? {
-                return Ok(None);
-            }
-            let revision = s.bump(tx).await?;
-            tx.execute(
-                "UPDATE tokenwarden_jobs SET lease_owner = NULL, lease_until_ms = 0, next_due_ms = $2,
-                     failures = $3, last_run = $4, revision = $5 WHERE name = $1",
+        let row = s
+            .client()
+            .await?
+            .query_one(
+                "SELECT o_revision FROM tokenwarden_release($1, $2, $3, $4, $5, $6)",
                 &[
                     &lease.job,
+                    &to_i64(lease.fence),
+                    &lease.owner,
                     &update.next_due_ms.map(to_i64),
                     &i32::try_from(update.failures).unwrap_or(i32::MAX),
                     &update.last_run,
-                    &to_i64(revision),
                 ],
             )
             .await
             .map_err(s.err())?;
-            Ok(Some(revision))
-        })
-        .await
+        Ok(row.get::<_, Option<i64>>(0).map(to_u64))
     }
 
     async fn jobs(&self) -> Result<Vec<JobRow>, StoreError> {

@@ -16,8 +16,8 @@
 use super::crypto::{Cipher, secret_aad};
 use super::keys::{DataKeys, KeySource, MasterKeys, RotationLock, WrappedKey};
 use super::{
-    Acquired, Changes, JobRow, JobUpdate, Lease, LeaseMode, Member, Rotation, SecretMeta,
-    SecretStore, StoreError, StoredSecret, check_entry,
+    Acquired, Changes, Durability, JobRow, JobUpdate, Lease, LeaseMode, Member, Rotation,
+    SecretMeta, SecretStore, StoreError, StoredSecret, check_entry,
 };
 use crate::time::{unix_now, unix_now_ms};
 use async_trait::async_trait;
@@ -123,17 +123,6 @@ type Sql<T> = rusqlite::Result<T>;
 struct Writer {
     conn: Connection,
     full_sync: bool,
-}
-
-/// How much a write must survive.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Durability {
-    /// Secrets: fsync'd at commit (`synchronous = FULL`), survives power loss.
-    Durable,
-    /// Leases, job plans, members: survives a crash of the process, and reaches the disk
-    /// with the next durable commit or checkpoint. Losing one to power loss costs at most a
-    /// repeated refresh, so it does not pay two fsyncs per run.
-    Coordination,
 }
 
 /// A read connection borrowed from the pool; returned on drop.

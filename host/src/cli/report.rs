@@ -2,8 +2,8 @@
 //! of text that came from outside (a token type, an error description) goes through
 //! [`crate::text::clean`] first, so a reply cannot drive the terminal.
 
-use crate::config::JobConfig;
 use crate::daemon::RunRecord;
+use crate::job::JobConfig;
 use crate::store::{JobRow, SecretMeta};
 use crate::text::clean;
 use crate::time::{relative, rfc3339};

@@ -4,15 +4,17 @@
 //! timeline. After each failure it checks that the last good token is still stored and
 //! still accepted by the emulator's protected resource.
 
+use super::client::{get, post};
 use crate::admin;
-use crate::client::{get, post};
-use crate::config::{DaemonConfig, JobConfig, SecretRoles};
+use crate::daemon::DaemonConfig;
 use crate::daemon::{Coordination, Daemon, RunEvent, Trigger};
 use crate::emulator::{self, Emulator, EmulatorConfig, Fault};
+use crate::job::JobConfig;
 use crate::runtime::{Runtime, RuntimeOptions};
 use crate::schedule::Policy;
+use crate::secrets::SecretRoles;
 use crate::store::SecretStore;
-use crate::store::sqlite::SqliteStore;
+use crate::store::SqliteStore;
 use crate::time::unix_now;
 use anyhow::{Context, bail};
 use secrecy::{ExposeSecret, SecretString};
@@ -268,7 +270,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
         out,
         "\n`tokenwarden secrets list` (names and dates, never values):"
     )?;
-    for line in crate::report::secrets_table(&store.list().await?, unix_now()).lines() {
+    for line in super::report::secrets_table(&store.list().await?, unix_now()).lines() {
         writeln!(out, "  {line}")?;
     }
     writeln!(

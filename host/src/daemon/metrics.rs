@@ -75,6 +75,8 @@ struct PerJob<S> {
 }
 
 type NoExemplar = Option<&'static Exemplar<prometheus_client::encoding::NoLabelSet, u64>>;
+/// A per-job gauge: its name, its help text and how to read it from a sample.
+type Gauge = (&'static str, &'static str, fn(&JobSample) -> i64);
 
 impl<S: JobSamples> Collector for PerJob<S> {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -116,7 +118,7 @@ impl<S: JobSamples> Collector for PerJob<S> {
             }
             return Ok(());
         }
-        let gauges: [(&str, &str, fn(&JobSample) -> i64); 4] = [
+        let gauges: [Gauge; 4] = [
             (
                 "token_expiry_timestamp_seconds",
                 "Unix time at which the stored token expires (0: no token)",
@@ -295,7 +297,7 @@ impl Metrics {
     }
 
     /// Records a finished run of this process.
-    pub fn run(&self, record: &crate::daemon::RunRecord) {
+    pub fn run(&self, record: &super::RunRecord) {
         let outcome = Self::outcome(record);
         if let Some(e) = &record.error {
             self.errors
@@ -316,7 +318,7 @@ impl Metrics {
     }
 
     /// How a record counts.
-    pub fn outcome(record: &crate::daemon::RunRecord) -> Outcome {
+    pub fn outcome(record: &super::RunRecord) -> Outcome {
         match &record.error {
             None => Outcome::Success,
             Some(e) if e.retry == crate::outcome::Retry::Retryable => Outcome::Retryable,

@@ -1,0 +1,85 @@
+//! A job: what one refresh fetches, from where, with which grant and limits. The runtime,
+//! the daemon and embedders take a [`JobConfig`]; the config file is one way to make one
+//! ([`crate::Config`]), [`JobConfig::new`] another.
+
+use crate::egress::Origin;
+use crate::limits::RunLimits;
+use crate::schedule::Schedule;
+use crate::secrets::SecretRoles;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+pub use tokenwarden_contract::ClientAuth;
+use tokenwarden_contract::entra::DEFAULT_AUTHORITY;
+
+/// Default wall-clock limit for one run.
+pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One job, validated (a `[[jobs]]` entry, paths resolved).
+#[derive(Clone, Debug)]
+pub struct JobConfig {
+    /// `[a-z0-9_-]+`, unique.
+    pub name: String,
+    /// The scope to request.
+    pub scope: String,
+    /// Entra-style authority; `None` means Entra's public cloud.
+    pub authority: Option<String>,
+    /// Full token endpoint of any OAuth 2.0 server.
+    pub token_url: Option<String>,
+    /// Client authentication method.
+    pub client_auth: ClientAuth,
+    /// Origins the plugin may reach; empty means the token endpoint's origin.
+    pub allowed_hosts: Vec<Origin>,
+    /// Whether a plain-`http` token endpoint off loopback is accepted (the client secret
+    /// then crosses the network unencrypted).
+    pub allow_insecure_http: bool,
+    /// When it runs.
+    pub schedule: Schedule,
+    /// A component to run instead of the built-in one.
+    pub plugin: Option<PathBuf>,
+    /// Role grants.
+    pub secrets: SecretRoles,
+    /// Extra form parameters for the token request.
+    pub token_params: BTreeMap<String, String>,
+    /// Wall-clock limit for one run.
+    pub timeout: Duration,
+    /// Memory, HTTP and output limits for one run.
+    pub limits: RunLimits,
+}
+
+impl JobConfig {
+    /// A job with defaults, for embedders and the demo.
+    pub fn new(name: &str, scope: &str, secrets: SecretRoles) -> Self {
+        Self {
+            name: name.to_string(),
+            scope: scope.to_string(),
+            authority: None,
+            token_url: None,
+            client_auth: ClientAuth::default(),
+            allowed_hosts: Vec::new(),
+            allow_insecure_http: false,
+            schedule: Schedule::Auto,
+            plugin: None,
+            secrets,
+            token_params: BTreeMap::new(),
+            timeout: DEFAULT_RUN_TIMEOUT,
+            limits: RunLimits::default(),
+        }
+    }
+
+    /// The URL whose origin is reachable by default.
+    pub fn endpoint_base(&self) -> &str {
+        self.token_url
+            .as_deref()
+            .or(self.authority.as_deref())
+            .unwrap_or(DEFAULT_AUTHORITY)
+    }
+
+    /// The origins the plugin may reach: `allowed_hosts`, else the endpoint's own origin.
+    pub fn effective_allow_list(&self) -> Result<Vec<Origin>, String> {
+        if !self.allowed_hosts.is_empty() {
+            return Ok(self.allowed_hosts.clone());
+        }
+        Origin::of_url(self.endpoint_base()).map(|o| vec![o])
+    }
+}

@@ -1,0 +1,265 @@
+//! The `secrets` capability: the host side of the WIT `secrets` interface, backed by a
+//! [`SecretStore`] and limited to one job's grant. It owns its bindings and its linking, as
+//! wasmtime's capability crates do: an embedder adds it to a linker with [`add_to_linker`]
+//! and gives each store a [`SecretsCtx`].
+//!
+//! Isolation model: the component names roles, never store names. A job's
+//! [`SecretRoles`] (`[jobs.secrets]`) map each role to one store name; `access-token` is the
+//! only writable role. Any other role, or a write to a read-only one, gets `access-denied`,
+//! so a component cannot read or overwrite secrets of other jobs. Every value it reads (of
+//! a secret role) or writes is remembered, in every encoding an echo could use, so the host
+//! can scrub it from whatever the run prints or returns.
+
+use crate::redact::Redactor;
+use crate::store::{Lease, SecretStore};
+use secrecy::{ExposeSecret, SecretString};
+use std::sync::Arc;
+use tokenwarden_contract::role;
+use wasmtime::component::{HasData, Linker};
+
+mod generated {
+    #![allow(missing_docs)]
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        interfaces: "import tokenwarden:refresh/secrets@0.1.0;",
+        imports: { default: async },
+    });
+}
+
+/// The generated host side of the WIT `secrets` interface (its `Host` trait, `Error` and
+/// raw `add_to_linker`), for embedders who back it with something of their own.
+pub use generated::tokenwarden::refresh::secrets as bindings;
+
+/// Adds the `secrets` interface to `linker`; `get` finds a store's [`SecretsCtx`].
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut SecretsCtx,
+) -> wasmtime::Result<()> {
+    bindings::add_to_linker::<T, HasSecrets>(linker, get)
+}
+
+/// The `HasData` marker of [`add_to_linker`]: a store's data lends its [`SecretsCtx`].
+struct HasSecrets;
+
+impl HasData for HasSecrets {
+    type Data<'a> = &'a mut SecretsCtx;
+}
+
+/// Store names bound to the component's roles (`[jobs.secrets]`): the whole grant of a job.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRoles {
+    /// Read role `client-id`.
+    pub client_id: String,
+    /// Read role `client-secret`.
+    pub client_secret: String,
+    /// Read role `tenant-id`; optional when the job has a `token_url`.
+    pub tenant_id: Option<String>,
+    /// Write role `access-token`.
+    pub access_token: String,
+}
+
+impl Default for SecretRoles {
+    /// Each role bound to the secret named after it (`client-id`, `client-secret`,
+    /// `tenant-id`, `access-token`): the natural grant for a host with one job.
+    fn default() -> Self {
+        Self {
+            client_id: role::CLIENT_ID.into(),
+            client_secret: role::CLIENT_SECRET.into(),
+            tenant_id: Some(role::TENANT_ID.into()),
+            access_token: role::ACCESS_TOKEN.into(),
+        }
+    }
+}
+
+impl SecretRoles {
+    /// The store names the job reads (its inputs).
+    pub fn inputs(&self) -> impl Iterator<Item = &str> {
+        [
+            Some(self.client_id.as_str()),
+            Some(self.client_secret.as_str()),
+            self.tenant_id.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+/// One role a job grants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// The plugin's role name, e.g. `client-secret`.
+    pub role: &'static str,
+    /// The store name it maps to.
+    pub name: String,
+    /// Whether the plugin may write it.
+    pub writable: bool,
+    /// Whether its value is a secret (masked wherever it could appear) rather than a
+    /// public identifier (a client or tenant id, shown in errors so a user sees what was
+    /// sent).
+    pub secret: bool,
+}
+
+/// A job's whole grant.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grants(pub Vec<Grant>);
+
+impl Grants {
+    /// The grants of a `[jobs.secrets]` table.
+    pub fn from_roles(roles: &SecretRoles) -> Self {
+        let read = |role, name: &String, secret| Grant {
+            role,
+            name: name.clone(),
+            writable: false,
+            secret,
+        };
+        let mut grants = vec![
+            read(role::CLIENT_ID, &roles.client_id, false),
+            read(role::CLIENT_SECRET, &roles.client_secret, true),
+        ];
+        if let Some(t) = &roles.tenant_id {
+            grants.push(read(role::TENANT_ID, t, false));
+        }
+        grants.push(Grant {
+            role: role::ACCESS_TOKEN,
+            name: roles.access_token.clone(),
+            writable: true,
+            secret: true,
+        });
+        Self(grants)
+    }
+
+    /// The store name bound to `role`.
+    pub fn store_name(&self, role: &str) -> Option<&str> {
+        self.find(role).map(|g| g.name.as_str())
+    }
+
+    fn find(&self, role: &str) -> Option<&Grant> {
+        self.0.iter().find(|g| g.role == role)
+    }
+}
+
+/// Per-run state behind the `secrets` interface: one job's grant over a store.
+pub struct SecretsCtx {
+    grants: Grants,
+    store: Arc<dyn SecretStore>,
+    /// The job lease the run holds: the token write is fenced by it.
+    lease: Option<Lease>,
+    /// The latest expiry a written token may claim (Unix seconds).
+    max_expires_at: u64,
+    /// Every value the plugin read or wrote, in every encoding, to scrub from anything it
+    /// prints or returns.
+    seen: Redactor,
+    /// The store revision of the token the plugin wrote, if it wrote one.
+    written: Option<u64>,
+}
+
+impl SecretsCtx {
+    /// A context for one run of a job bound by `roles`: unfenced, and a written token
+    /// claims at most the default `max_token_lifetime`.
+    pub fn new(roles: &SecretRoles, store: Arc<dyn SecretStore>) -> Self {
+        let mut ctx = Self {
+            grants: Grants::from_roles(roles),
+            store,
+            lease: None,
+            max_expires_at: 0,
+            seen: Redactor::default(),
+            written: None,
+        };
+        ctx.set_max_token_lifetime(crate::limits::RunLimits::default().max_token_lifetime);
+        ctx
+    }
+
+    /// The token write succeeds only while `lease` is the job's current lease.
+    pub fn fenced_by(mut self, lease: Option<Lease>) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// A written token claims at most `lifetime` from now; a longer expiry is stored
+    /// clamped.
+    pub fn max_token_lifetime(mut self, lifetime: std::time::Duration) -> Self {
+        self.set_max_token_lifetime(lifetime);
+        self
+    }
+
+    fn set_max_token_lifetime(&mut self, lifetime: std::time::Duration) {
+        self.max_expires_at = crate::time::unix_now()
+            .saturating_add(lifetime.as_secs())
+            .min(crate::time::MAX_UNIX_SECS);
+    }
+
+    /// The grant this context enforces.
+    pub fn grants(&self) -> &Grants {
+        &self.grants
+    }
+
+    /// The store revision of the token the component wrote, if it wrote one.
+    pub fn written(&self) -> Option<u64> {
+        self.written
+    }
+
+    /// `text` with every secret value of this run, in any encoding an echo could use,
+    /// replaced by `[redacted]`.
+    pub fn redact(&self, text: &str) -> String {
+        self.seen.redact(text)
+    }
+}
+
+impl bindings::Host for SecretsCtx {
+    async fn get(&mut self, role: String) -> Result<Option<String>, bindings::Error> {
+        let Some(grant) = self.grants.find(&role) else {
+            // The role name is the plugin's text: scrub it like its output.
+            tracing::warn!(role = %self.redact(&role), "plugin asked for a secret role its job does not bind");
+            return Err(bindings::Error::AccessDenied(role));
+        };
+        tracing::debug!(role = grant.role, name = %grant.name, "plugin reads a secret");
+        match self.store.get(&grant.name).await {
+            Ok(found) => {
+                let secret = grant.secret;
+                Ok(found.map(|s| {
+                    let value = s.value.expose_secret().to_string();
+                    if secret {
+                        self.seen.add(&value);
+                    }
+                    value
+                }))
+            }
+            Err(e) => Err(bindings::Error::Unavailable(e.to_string())),
+        }
+    }
+
+    async fn set(
+        &mut self,
+        role: String,
+        value: String,
+        expires_at: Option<u64>,
+    ) -> Result<(), bindings::Error> {
+        let grant = match self.grants.find(&role) {
+            Some(g) if g.writable => g.clone(),
+            _ => {
+                tracing::warn!(role = %self.redact(&role), "plugin tried to write a secret role it may not write");
+                return Err(bindings::Error::AccessDenied(role));
+            }
+        };
+        self.seen.add(&value);
+        let value = SecretString::from(value);
+        let expires_at = expires_at.map(|e| {
+            if e > self.max_expires_at {
+                tracing::warn!(role = grant.role, name = %grant.name, "the token claims a lifetime beyond max_token_lifetime; its expiry is stored clamped");
+            }
+            e.min(self.max_expires_at)
+        });
+        let written = match &self.lease {
+            Some(lease) => {
+                self.store
+                    .set_fenced(&grant.name, &value, expires_at, lease)
+                    .await
+            }
+            None => self.store.set(&grant.name, &value, expires_at).await,
+        };
+        let meta = written.map_err(|e| bindings::Error::Unavailable(e.to_string()))?;
+        self.written = Some(meta.revision);
+        Ok(())
+    }
+}
