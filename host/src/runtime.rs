@@ -553,6 +553,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_component_keeps_its_size_budget() {
+        // 150 KB: what an embedder downloads and compiles per world. The build's size
+        // profile, a hand-written base64 and plain loops in `tokenwarden-contract` keep it
+        // there (BENCHMARKS.md).
+        assert!(
+            BUILTIN_COMPONENT.len() <= 150_000,
+            "the component is {} bytes",
+            BUILTIN_COMPONENT.len()
+        );
+    }
+
+    #[test]
     fn pool_for_many_runs_is_capped_and_the_engine_still_builds() {
         let pool = Pooling::for_runs(1_000_000, &[]);
         assert_eq!(pool.instances, Pooling::MAX_INSTANCES);

@@ -22,6 +22,10 @@
 
 use crate::outcome::Retry;
 use crate::time;
+
+/// The latest time any schedule returns (9999-12-31T23:59:59Z): later times from outside
+/// are clamped to it.
+pub use crate::time::far_future;
 use std::time::{Duration, SystemTime};
 
 /// When a job runs.

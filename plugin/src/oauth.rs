@@ -188,7 +188,7 @@ pub fn endpoint(req: &Request, tenant: Option<&str>) -> Result<Endpoint, Error> 
         )));
     }
     Ok(Endpoint {
-        path_and_query: format!("{path}{}", entra::token_path(tenant)),
+        path_and_query: format!("{path}/{tenant}{}", entra::TOKEN_PATH),
         ..base
     })
 }

@@ -104,7 +104,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
 
     writeln!(
         out,
-        "tokenwarden demo: keep an access token fresh through failures, offline (about 30 s)\n"
+        "tokenwarden demo: keep an access token fresh through failures, offline (about 20 s)\n"
     )?;
     writeln!(out, "Setup")?;
     writeln!(
