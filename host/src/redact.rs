@@ -8,6 +8,7 @@
 //! so the secret is found inside a longer encoded string (such as `id:secret`) too.
 
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use std::sync::OnceLock;
 
 /// What replaces a secret.
 pub const MASK: &str = "[redacted]";
@@ -17,24 +18,36 @@ const MIN_RAW: usize = 4;
 /// The shortest encoded form matched: a few base64 characters occur by chance.
 const MIN_ENCODED: usize = 8;
 
-/// Secret values and their encodings, longest first.
+/// Secret values, and their encodings once a text needs redacting.
 #[derive(Default)]
 pub struct Redactor {
-    patterns: Vec<String>,
+    /// The raw values, in the order learned.
+    values: Vec<String>,
+    /// Every value's encodings, longest first. Computed on the first [`Redactor::redact`]
+    /// after a change, not when a value is learned: most runs never redact anything, and a
+    /// value's twenty-odd encodings cost more than the secret read that taught it.
+    patterns: OnceLock<Vec<String>>,
+}
+
+fn zeroize_all(strings: &mut [String]) {
+    use zeroize::Zeroize;
+    for s in strings {
+        s.zeroize();
+    }
 }
 
 impl Drop for Redactor {
     fn drop(&mut self) {
-        use zeroize::Zeroize;
-        for p in &mut self.patterns {
-            p.zeroize();
+        zeroize_all(&mut self.values);
+        if let Some(p) = self.patterns.get_mut() {
+            zeroize_all(p);
         }
     }
 }
 
 impl std::fmt::Debug for Redactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Redactor({} patterns)", self.patterns.len())
+        write!(f, "Redactor({} values)", self.values.len())
     }
 }
 
@@ -69,11 +82,33 @@ fn base64_cores(bytes: &[u8], engine: &impl base64::Engine) -> Vec<String> {
 }
 
 impl Redactor {
-    /// Learns `value` and its encodings.
+    /// Learns `value` (its encodings are derived when first needed).
     pub fn add(&mut self, value: &str) {
-        if value.len() < MIN_RAW {
+        if value.len() < MIN_RAW || self.values.iter().any(|v| v == value) {
             return;
         }
+        self.values.push(value.to_string());
+        if let Some(mut stale) = self.patterns.take() {
+            zeroize_all(&mut stale);
+        }
+    }
+
+    /// `text` with every learned value, in any of its encodings, replaced by [`MASK`].
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for p in self.patterns.get_or_init(|| patterns(&self.values)) {
+            if out.contains(p.as_str()) {
+                out = out.replace(p.as_str(), MASK);
+            }
+        }
+        out
+    }
+}
+
+/// Each value and its encodings, longest first, without duplicates.
+fn patterns(values: &[String]) -> Vec<String> {
+    let mut patterns = Vec::new();
+    for value in values {
         let form: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
         let json = serde_json::to_string(value).unwrap_or_default();
         let json = json.trim_matches('"').to_string();
@@ -94,30 +129,20 @@ impl Redactor {
             hex.clone(),
             hex.to_ascii_uppercase(),
         ];
-        for source in [value, form.as_str()] {
+        for source in [value.as_str(), form.as_str()] {
             encoded.extend(base64_cores(source.as_bytes(), &STANDARD_NO_PAD));
             encoded.extend(base64_cores(source.as_bytes(), &URL_SAFE_NO_PAD));
         }
-        self.patterns.push(value.to_string());
+        patterns.push(value.clone());
         for e in encoded {
-            if e.len() >= MIN_ENCODED && e != value {
-                self.patterns.push(e);
+            if e.len() >= MIN_ENCODED && e != *value {
+                patterns.push(e);
             }
         }
-        self.patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        self.patterns.dedup();
     }
-
-    /// `text` with every learned pattern replaced by [`MASK`].
-    pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for p in &self.patterns {
-            if out.contains(p.as_str()) {
-                out = out.replace(p.as_str(), MASK);
-            }
-        }
-        out
-    }
+    patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    patterns.dedup();
+    patterns
 }
 
 #[cfg(test)]
