@@ -43,7 +43,7 @@ async fn start(jobs: &[JobConfig], config: &DaemonConfig, f: &Fixture) -> Daemon
         poll_interval: Duration::from_millis(200),
         ..Coordination::default()
     };
-    Daemon::start_jobs(jobs.to_vec(), config, coord, arc_runtime(), f.dyn_store())
+    Daemon::start(jobs.to_vec(), config, coord, arc_runtime(), f.dyn_store())
         .await
         .unwrap()
 }

@@ -38,7 +38,7 @@ async fn daemon(jobs: Vec<JobConfig>, config: &DaemonConfig, f: &Fixture) -> Dae
         poll_interval: Duration::from_millis(200),
         ..Coordination::default()
     };
-    Daemon::start_jobs(jobs, config, coord, runtime, f.dyn_store())
+    Daemon::start(jobs, config, coord, runtime, f.dyn_store())
         .await
         .unwrap()
 }
@@ -524,7 +524,7 @@ async fn a_panic_in_a_run_is_reported_and_the_job_carries_on() {
         })
         .unwrap(),
     );
-    let d = Daemon::start_jobs(
+    let d = Daemon::start(
         vec![entra_job(&emu.authority())],
         &policy(),
         Coordination::default(),

@@ -313,9 +313,14 @@ async fn missing_secrets_are_typed_and_send_nothing() {
             name: Some("Never Stored".into())
         }
     );
-    // The error says what is missing by the name the user knows, and how to fix it.
+    // The error says what is missing by the name the user knows, and the host's error how
+    // to fix it.
     assert_eq!(
         e.to_string(),
+        "secret `Never Stored` (role `client-secret`) is not set"
+    );
+    assert_eq!(
+        tokenwarden::RunError::Plugin(e.clone()).to_string(),
         "secret `Never Stored` (role `client-secret`) is not set: store it with `tokenwarden secrets set 'Never Stored'`"
     );
     assert_eq!(emu.state.stats().token_requests, 0);

@@ -53,8 +53,8 @@ pub mod entra {
         },
     ];
 
-    /// The default authority: the public cloud.
-    pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
+    /// The default authority: the public cloud's.
+    pub const DEFAULT_AUTHORITY: &str = CLOUDS[0].authority;
 
     /// Login hosts that are Entra's besides the clouds' own (the China cloud's partner
     /// host).
@@ -83,6 +83,16 @@ pub mod entra {
     /// The v2.0 token endpoint's path under an authority, after `/{tenant}`: the endpoint is
     /// `{authority}/{tenant}/oauth2/v2.0/token`.
     pub const TOKEN_PATH: &str = "/oauth2/v2.0/token";
+
+    /// Whether Entra's client-credentials flow accepts `scope`: exactly one
+    /// `{resource}/.default` (a v2.0 rule other servers do not share).
+    pub fn accepts_scope(scope: &str) -> bool {
+        scope.ends_with("/.default") && !scope.contains(' ')
+    }
+
+    /// Why [`accepts_scope`] refused a scope, for error messages.
+    pub const SCOPE_RULE: &str =
+        "Microsoft Entra ID's client-credentials flow needs one scope, `{resource}/.default`";
 }
 
 /// Form parameters the component sets itself; a job's extra parameters cannot replace
@@ -254,10 +264,7 @@ impl fmt::Display for Error {
             Error::MissingSecret {
                 role,
                 name: Some(name),
-            } => write!(
-                f,
-                "secret `{name}` (role `{role}`) is not set: store it with `tokenwarden secrets set '{name}'`"
-            ),
+            } => write!(f, "secret `{name}` (role `{role}`) is not set"),
             Error::MissingSecret { role, name: None } => {
                 write!(f, "the secret bound to role `{role}` is not set")
             }
@@ -328,14 +335,14 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_secret_names_the_store_name_and_the_command_when_known() {
+    fn a_missing_secret_names_the_store_name_when_known() {
         let e = Error::MissingSecret {
             role: role::CLIENT_ID.into(),
             name: Some("Client ID".into()),
         };
         assert_eq!(
             e.to_string(),
-            "secret `Client ID` (role `client-id`) is not set: store it with `tokenwarden secrets set 'Client ID'`"
+            "secret `Client ID` (role `client-id`) is not set"
         );
         assert_eq!(Error::missing(role::TENANT_ID).kind(), "missing-secret");
     }

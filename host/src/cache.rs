@@ -175,7 +175,7 @@ impl CompileCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::BUILTIN_COMPONENT;
+    use crate::BUILTIN_COMPONENT;
 
     fn engine() -> Engine {
         let mut config = wasmtime::Config::new();

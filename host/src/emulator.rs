@@ -20,6 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+use tokenwarden_contract::entra::{self, DEFAULT_AUTHORITY, TOKEN_PATH};
 use tokio::net::TcpListener;
 
 /// Where `tokenwarden emulator` listens by default.
@@ -197,11 +198,6 @@ impl EmulatorState {
         self.lock().stats.clone()
     }
 
-    /// Changes the lifetime of tokens issued from now on.
-    pub fn set_token_lifetime(&self, lifetime: Duration) {
-        self.lock().config.token_lifetime = lifetime;
-    }
-
     /// When tokens were issued for `tenant`, oldest first.
     pub fn issue_times(&self, tenant: &str) -> Vec<SystemTime> {
         self.lock()
@@ -277,7 +273,7 @@ impl Drop for Emulator {
 /// The emulator's routes, for embedding in another axum app.
 pub fn router(state: EmulatorState) -> Router {
     Router::new()
-        .route("/{tenant}/oauth2/v2.0/token", post(token))
+        .route(&format!("/{{tenant}}{TOKEN_PATH}"), post(token))
         .route("/v1.0/me", get(me))
         .route("/_emulator/faults", post(add_faults))
         .route("/_emulator/stats", get(stats))
@@ -314,7 +310,7 @@ fn entra_error(status: StatusCode, error: &str, code: u32, message: &str) -> Res
         "timestamp": ts,
         "trace_id": trace,
         "correlation_id": correlation,
-        "error_uri": format!("https://login.microsoftonline.com/error?code={code}"),
+        "error_uri": format!("{DEFAULT_AUTHORITY}/error?code={code}"),
     });
     (status, Json(body)).into_response()
 }
@@ -496,7 +492,7 @@ fn issue(state: &EmulatorState, tenant: &str, headers: &HeaderMap, body: &[u8]) 
         None => return missing("scope"),
         Some(s) => s.clone(),
     };
-    if !scope.ends_with("/.default") || scope.contains(' ') {
+    if !entra::accepts_scope(&scope) {
         return entra_error(
             StatusCode::BAD_REQUEST,
             "invalid_scope",

@@ -75,6 +75,19 @@ impl JobConfig {
             .unwrap_or(DEFAULT_AUTHORITY)
     }
 
+    /// The token endpoint this job resolves to: `token_url`, else the authority's v2.0
+    /// endpoint with `{tenant}` where the tenant secret goes.
+    pub fn endpoint(&self) -> String {
+        match &self.token_url {
+            Some(url) => url.clone(),
+            None => format!(
+                "{}/{{tenant}}{}",
+                self.endpoint_base().trim_end_matches('/'),
+                tokenwarden_contract::entra::TOKEN_PATH
+            ),
+        }
+    }
+
     /// The origins the plugin may reach: `allowed_hosts`, else the endpoint's own origin.
     pub fn effective_allow_list(&self) -> Result<Vec<Origin>, String> {
         if !self.allowed_hosts.is_empty() {

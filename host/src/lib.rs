@@ -13,7 +13,7 @@
 //! - Or link the component into your own wasmtime host: wasi and wasi:http from
 //!   wasmtime-wasi(-http) (with [`EgressPolicy`] as the HTTP hooks to keep the allow-list),
 //!   [`secrets::add_to_linker`] for the secrets, and the [`Refresher`] bindings to call the
-//!   exported action. `examples/embed.rs` is a complete host in under sixty lines.
+//!   exported action. `examples/embed.rs` is a complete host in sixty lines.
 //!
 //! # Modules
 //!
@@ -22,13 +22,16 @@
 //! [`secrets`] and [`egress`] capabilities; the component's results are the contract's
 //! [`Outcome`] and [`PluginError`]; the [`store`] keeps what it wrote. [`schedule`] holds the
 //! pure timing decisions the [`daemon`] applies, and [`admin`] serves its HTTP API;
-//! [`emulator`] is an Entra-compatible token endpoint for tests and demos. The command line lives behind the `cli` feature (on by
-//! default, for the binary); embedders can turn default features off.
+//! [`emulator`] is an Entra-compatible token endpoint for tests and demos. The contract's
+//! names ([`role`], [`entra`]) come from the `tokenwarden-contract` crate the plugin shares.
+//! The command line (`cli`) is the binary's, not a library API: it lives behind the `cli`
+//! feature (on by default), which embedders can turn off.
 
 pub mod admin;
 mod bindings;
 mod cache;
 #[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod cli;
 mod config;
 pub mod daemon;
@@ -50,7 +53,9 @@ pub use admin::{AdminConfig, AdminLimits};
 pub use bindings::{Refresher, RefresherPre, action};
 pub use cache::{CacheOutcome, CompileCache};
 pub use config::{CONFIG_ENV, Config, ConfigError};
-pub use daemon::{Coordination, Daemon, DaemonConfig};
+pub use daemon::{
+    Coordination, Daemon, DaemonConfig, JobStatus, RunEvent, RunRecord, Trigger, TriggerError,
+};
 pub use egress::{EgressPolicy, HttpLimits, NetTransport, Origin, Transport};
 pub use job::{ClientAuth, JobConfig};
 pub use limits::RunLimits;
@@ -61,3 +66,4 @@ pub use runtime::{
 pub use schedule::{Policy, Schedule};
 pub use secrets::{SecretRoles, SecretsCtx};
 pub use store::{MemoryStore, PgStore, SecretStore, SqliteStore, StoreConfig, StoreError};
+pub use tokenwarden_contract::{entra, role};

@@ -12,8 +12,10 @@ pub use tokenwarden_contract::{Error as PluginError, OAuthError, Outcome};
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The plugin ran and reported a typed failure.
-    #[error(transparent)]
-    Plugin(#[from] PluginError),
+    // Not `#[from]`: that would make the contract error this one's `source` too, and
+    // error chains would print its message twice.
+    #[error("{}", plugin_message(.0))]
+    Plugin(PluginError),
     /// The plugin trapped (crashed, or was stopped at its deadline by epoch interruption).
     #[error("plugin trapped: {0}")]
     Trap(String),
@@ -32,6 +34,25 @@ pub enum RunError {
     /// A bug: the run panicked. The job carries on and retries.
     #[error("internal error (a bug; please report it): {0}")]
     Internal(String),
+}
+
+impl From<PluginError> for RunError {
+    fn from(e: PluginError) -> Self {
+        RunError::Plugin(e)
+    }
+}
+
+/// The contract's message, plus how to fix a missing secret in this host's own store.
+fn plugin_message(e: &PluginError) -> String {
+    match e {
+        PluginError::MissingSecret {
+            name: Some(name), ..
+        } => format!(
+            "{e}: store it with `tokenwarden secrets set '{}'`",
+            name.replace('\'', r"'\''")
+        ),
+        _ => e.to_string(),
+    }
 }
 
 /// How the scheduler should react to a failure.

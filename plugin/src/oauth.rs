@@ -200,10 +200,11 @@ pub fn build_request(
     endpoint: Endpoint,
     creds: &Credentials,
 ) -> Result<HttpRequest, Error> {
-    if endpoint.is_entra() && !req.scope.ends_with("/.default") {
+    if endpoint.is_entra() && !entra::accepts_scope(&req.scope) {
         return Err(Error::BadRequest(format!(
-            "scope `{}`: Microsoft Entra ID's client-credentials flow needs `{{resource}}/.default`",
-            req.scope
+            "scope `{}`: {}",
+            req.scope,
+            entra::SCOPE_RULE
         )));
     }
     if let Some((name, _)) = req

@@ -140,7 +140,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
         poll_interval: Duration::from_millis(250),
         ..Coordination::default()
     };
-    let daemon = Daemon::start_jobs(
+    let daemon = Daemon::start(
         vec![job.clone()],
         &daemon_config,
         coord,

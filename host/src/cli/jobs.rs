@@ -236,7 +236,7 @@ pub(super) async fn check(config_path: &Path, as_json: bool) -> anyhow::Result<u
             secrets.push(("access_token", &job.secrets.access_token));
             json!({
                 "name": job.name,
-                "token_endpoint": endpoint(job),
+                "token_endpoint": job.endpoint(),
                 "client_auth": format!("{:?}", job.client_auth),
                 "allowed_hosts": allowed,
                 "schedule": job.schedule.to_string(),
@@ -322,18 +322,4 @@ pub(super) async fn check(config_path: &Path, as_json: bool) -> anyhow::Result<u
         }
     }
     Ok(exit::OK)
-}
-
-/// The token endpoint a job resolves to, with `{tenant}` where the tenant secret goes.
-fn endpoint(job: &JobConfig) -> String {
-    match &job.token_url {
-        Some(url) => url.clone(),
-        None => format!(
-            "{}/{{tenant}}/oauth2/v2.0/token",
-            job.authority
-                .as_deref()
-                .unwrap_or(tokenwarden_contract::entra::DEFAULT_AUTHORITY)
-                .trim_end_matches('/')
-        ),
-    }
 }

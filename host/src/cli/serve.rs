@@ -67,7 +67,7 @@ pub(super) async fn daemon(config_path: &Path) -> anyhow::Result<u8> {
     let admin_addr = listener.local_addr()?;
     let coord = Coordination::of(&config.store);
     let jobs = std::mem::take(&mut config.jobs);
-    let daemon = Daemon::start_jobs(jobs, &config.daemon, coord, runtime, store.clone()).await?;
+    let daemon = Daemon::start(jobs, &config.daemon, coord, runtime, store.clone()).await?;
     let app = admin::router(
         daemon.clone(),
         store.clone(),
@@ -110,7 +110,11 @@ pub(super) async fn emulator(args: EmulatorArgs) -> anyhow::Result<u8> {
     let server = Emulator::start(args.listen, config)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(addr = %server.addr, "emulator listening: POST /{{tenant}}/oauth2/v2.0/token, GET /v1.0/me");
+    tracing::info!(
+        addr = %server.addr,
+        "emulator listening: POST /{{tenant}}{}, GET /v1.0/me",
+        tokenwarden_contract::entra::TOKEN_PATH
+    );
     // Printed for scripts that bind port 0 and need the address, then what a user needs
     // to point a job at it. The demo secret is public (it is in this binary); a secret
     // given through the environment is not printed.

@@ -825,16 +825,10 @@ fn job_config(
         && endpoint_origin
             .as_ref()
             .is_none_or(|(o, _, _)| entra::is_login_host(&o.host));
-    if is_entra && !j.scope.ends_with("/.default") {
+    if is_entra && !entra::accepts_scope(&j.scope) {
         return Err(cx.invalid(
             span,
-            ctx(
-                "scope",
-                format!(
-                    "= `{}`: Microsoft Entra ID's client-credentials flow needs `{{resource}}/.default`",
-                    j.scope
-                ),
-            ),
+            ctx("scope", format!("= `{}`: {}", j.scope, entra::SCOPE_RULE)),
         ));
     }
     if let Some((origin, span, key)) = &endpoint_origin

@@ -22,16 +22,15 @@
 //! only if the row has not moved), so a dead daemon delays its jobs by one hand-off, not by
 //! a lease lifetime.
 
-pub mod metrics;
+pub(crate) mod metrics;
 mod record;
 mod run;
 
 pub use record::{ErrorRecord, RunRecord, Trigger};
-pub use run::{Attempt, Leasing, Ran};
+pub(crate) use run::{Attempt, Leasing, Ran};
 
 use run::panic_text;
 
-use crate::config::Config;
 use crate::job::JobConfig;
 use crate::runtime::Runtime;
 use crate::schedule::{self, Failure, Policy, TokenState};
@@ -111,7 +110,7 @@ impl Default for Coordination {
 }
 
 /// `host/pid/nonce`: unique among processes, readable in `/jobs`.
-pub fn owner_name() -> String {
+pub(crate) fn owner_name() -> String {
     let host = rustix::system::uname()
         .nodename()
         .to_string_lossy()
@@ -288,25 +287,10 @@ fn rank(job: &str, me: &str, members: &[String]) -> u32 {
 }
 
 impl Daemon {
-    /// Starts the daemon for `config` on `store`. Jobs whose stored token is missing,
-    /// expired or due run at once (catch-up).
+    /// Starts the daemon for `jobs` on `store` (a [`crate::Config`] file's `jobs`,
+    /// `daemon` and `Coordination::of(&config.store)`, or values of your own). Jobs whose
+    /// stored token is missing, expired or due run at once (catch-up).
     pub async fn start(
-        config: &Config,
-        runtime: Arc<Runtime>,
-        store: Arc<dyn SecretStore>,
-    ) -> Result<Self, StoreError> {
-        Self::start_jobs(
-            config.jobs.clone(),
-            &config.daemon,
-            Coordination::of(&config.store),
-            runtime,
-            store,
-        )
-        .await
-    }
-
-    /// Like [`Daemon::start`], for embedders without a config file.
-    pub async fn start_jobs(
         jobs: Vec<JobConfig>,
         daemon: &DaemonConfig,
         coord: Coordination,

@@ -96,9 +96,4 @@ impl RunRecord {
     pub fn from_json(text: &str) -> Option<Self> {
         serde_json::from_str(text).ok()
     }
-
-    /// The metrics and log name of its outcome: `success`, else the error class.
-    pub fn outcome_class(&self) -> &str {
-        self.error.as_ref().map_or("success", |e| e.class.as_str())
-    }
 }

@@ -4,7 +4,7 @@
 //!
 //! Every backend keeps the same four things, behind [`SecretStore`]:
 //! - **secrets**, each sealed with AES-256-GCM under a versioned *data key*, the secret's
-//!   name bound in as associated data ([`keys`]). Data keys live in the store, wrapped by
+//!   name bound in as associated data (`keys`). Data keys live in the store, wrapped by
 //!   the *master key* that each process brings (a key file or `$TOKENWARDEN_STORE_KEY`), so
 //!   rotating the data key is one database change that every process and host picks up;
 //! - a **revision** counter that every write advances, so a process can ask "what changed
@@ -14,8 +14,8 @@
 //!   run) that every daemon adopts;
 //! - **members**: the daemons that heartbeat, so work can be spread and handed over.
 //!
-//! Backends: [`sqlite`] (the embedded default, several processes on one machine),
-//! [`postgres`] (several hosts) and [`memory`] (embedding, tests). Writes are serialised per
+//! Backends: `sqlite` (the embedded default, several processes on one machine),
+//! `postgres` (several hosts) and `memory` (embedding, tests). Writes are serialised per
 //! store (SQLite's write lock; a row lock on PostgreSQL), which is what makes revisions
 //! gap-free and the key change of a rotation atomic.
 

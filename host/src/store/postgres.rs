@@ -291,15 +291,20 @@ const JOB_COLUMNS: &str =
     "name, fence, lease_owner, lease_until_ms, next_due_ms, failures, last_run, revision";
 
 fn job_row(r: &Row) -> JobRow {
+    job_row_at(r, 0)
+}
+
+/// A [`JobRow`] from the [`JOB_COLUMNS`] that start at column `at`.
+fn job_row_at(r: &Row, at: usize) -> JobRow {
     JobRow {
-        job: r.get(0),
-        fence: to_u64(r.get(1)),
-        lease_owner: r.get(2),
-        lease_until_ms: to_u64(r.get(3)),
-        next_due_ms: r.get::<_, Option<i64>>(4).map(to_u64),
-        failures: u32::try_from(r.get::<_, i32>(5)).unwrap_or(0),
-        last_run: r.get(6),
-        revision: to_u64(r.get(7)),
+        job: r.get(at),
+        fence: to_u64(r.get(at + 1)),
+        lease_owner: r.get(at + 2),
+        lease_until_ms: to_u64(r.get(at + 3)),
+        next_due_ms: r.get::<_, Option<i64>>(at + 4).map(to_u64),
+        failures: u32::try_from(r.get::<_, i32>(at + 5)).unwrap_or(0),
+        last_run: r.get(at + 6),
+        revision: to_u64(r.get(at + 7)),
     }
 }
 
@@ -808,22 +813,14 @@ impl SecretStore for PgStore {
             .client()
             .await?
             .query_one(
-                "SELECT o_result, o_now, o_fence, o_owner, o_until, o_next_due, o_failures, o_last_run, o_revision
+                "SELECT o_result, o_now, $1::text, o_fence, o_owner, o_until, o_next_due, o_failures,
+                        o_last_run, o_revision
                  FROM tokenwarden_acquire($1, $2, $3, $4)",
                 &[&job, &owner, &ms(ttl), &expect],
             )
             .await
             .map_err(s.err())?;
-        let row = JobRow {
-            job: job.to_string(),
-            fence: to_u64(r.get(2)),
-            lease_owner: r.get(3),
-            lease_until_ms: to_u64(r.get(4)),
-            next_due_ms: r.get::<_, Option<i64>>(5).map(to_u64),
-            failures: u32::try_from(r.get::<_, i32>(6)).unwrap_or(0),
-            last_run: r.get(7),
-            revision: to_u64(r.get(8)),
-        };
+        let row = job_row_at(&r, 2);
         Ok(match r.get::<_, &str>(0) {
             "held" => Acquired::Held(row),
             "moved" => Acquired::Moved(row),
