@@ -29,6 +29,8 @@ async fn success_stores_an_accepted_token_with_its_expiry() {
         "{expires_at} vs {now}"
     );
     assert_eq!(report.token_secret, ACCESS_TOKEN);
+    // The suite runs the world `$TOKENWARDEN_WASI` names (`.ci/run` runs it for both).
+    assert_eq!(report.wasi, tokenwarden_tests::wasi());
 
     let stored = f.store.get(ACCESS_TOKEN).await.unwrap().unwrap();
     assert_eq!(stored.meta.expires_at, Some(expires_at));
@@ -489,7 +491,7 @@ async fn a_full_instance_pool_makes_runs_wait_within_their_timeout() {
     let f = Fixture::new().await;
     let one_slot = tokenwarden::Runtime::new(tokenwarden::RuntimeOptions {
         pooling: Some(tokenwarden::Pooling::for_runs(1, &[])),
-        ..Default::default()
+        ..tokenwarden_tests::unpooled()
     })
     .unwrap();
     let job = entra_job(&emu.authority());
@@ -567,4 +569,50 @@ async fn a_tls_failure_names_its_cause() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_job_chooses_its_wasi_version_and_a_runtime_without_0_3_refuses_it() {
+    let emu = start_emulator().await;
+    let f = Fixture::new().await;
+    let mut job = entra_job(&emu.authority());
+    // Jobs may choose 0.3 while the default stays 0.2.
+    let both = tokenwarden::Runtime::new(tokenwarden::RuntimeOptions {
+        wasi: tokenwarden::WasiVersion::P2,
+        allow_wasi_0_3: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let run = async |job: &JobConfig, f: &Fixture| both.run(job, f.dyn_store()).await;
+    for wasi in [tokenwarden::WasiVersion::P2, tokenwarden::WasiVersion::P3] {
+        job.wasi = Some(wasi);
+        let report = run(&job, &f).await.unwrap();
+        assert_eq!(report.wasi, wasi);
+        let token = f.get(ACCESS_TOKEN).await.unwrap();
+        assert_eq!(get_with_bearer(emu.addr, "/v1.0/me", &token).await, 200);
+    }
+    // Both worlds fail the same way, with the same words.
+    f.set(CLIENT_SECRET, "wrong").await;
+    let mut errors = Vec::new();
+    for wasi in [tokenwarden::WasiVersion::P2, tokenwarden::WasiVersion::P3] {
+        job.wasi = Some(wasi);
+        let e = run(&job, &f).await.unwrap_err();
+        errors.push(e.oauth().map(|o| (o.status, o.error.clone())));
+    }
+    assert_eq!(errors[0], errors[1]);
+    assert_eq!(errors[0], Some((401, "invalid_client".to_string())));
+
+    // 0.3 is opt-in: a 0.2-only engine refuses the job, and runs nothing.
+    let p2_only = tokenwarden::Runtime::new(tokenwarden::RuntimeOptions {
+        wasi: tokenwarden::WasiVersion::P2,
+        allow_wasi_0_3: false,
+        ..Default::default()
+    })
+    .unwrap();
+    job.wasi = Some(tokenwarden::WasiVersion::P3);
+    let before = emu.state.stats().token_requests;
+    let e = p2_only.run(&job, f.dyn_store()).await.unwrap_err();
+    assert!(matches!(e, RunError::Config(_)), "{e}");
+    assert!(e.to_string().contains("WASI 0.3"), "{e}");
+    assert_eq!(emu.state.stats().token_requests, before);
 }

@@ -82,6 +82,18 @@ fn has_std(dir: &Path) -> bool {
 /// path. Tells cargo to rerun when any of `watch` (paths relative to the workspace root)
 /// changes.
 pub fn build_component(package: &str, watch: &[&str]) -> PathBuf {
+    build_component_with(package, &[], "plugin-wasm", watch)
+}
+
+/// Like [`build_component`], with cargo `features` and in its own target directory
+/// `target/{subdir}`: the same package built with other features yields a file of the same
+/// name, so each build keeps its own.
+pub fn build_component_with(
+    package: &str,
+    features: &[&str],
+    subdir: &str,
+    watch: &[&str],
+) -> PathBuf {
     let root = workspace_root();
     for path in watch.iter().chain(&["Cargo.toml", "Cargo.lock"]) {
         println!("cargo::rerun-if-changed={}", root.join(path).display());
@@ -90,19 +102,22 @@ pub fn build_component(package: &str, watch: &[&str]) -> PathBuf {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
-        .join("plugin-wasm");
-    let status = cargo()
-        .current_dir(&root)
-        .args([
-            "build",
-            "--locked",
-            "-p",
-            package,
-            "--target",
-            TARGET,
-            "--profile",
-            PROFILE,
-        ])
+        .join(subdir);
+    let mut cmd = cargo();
+    cmd.current_dir(&root).args([
+        "build",
+        "--locked",
+        "-p",
+        package,
+        "--target",
+        TARGET,
+        "--profile",
+        PROFILE,
+    ]);
+    if !features.is_empty() {
+        cmd.arg("--features").arg(features.join(","));
+    }
+    let status = cmd
         .arg("--target-dir")
         .arg(&target_dir)
         .status()

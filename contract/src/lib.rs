@@ -84,15 +84,16 @@ pub mod entra {
     /// `{authority}/{tenant}/oauth2/v2.0/token`.
     pub const TOKEN_PATH: &str = "/oauth2/v2.0/token";
 
-    /// Whether Entra's client-credentials flow accepts `scope`: exactly one
-    /// `{resource}/.default` (a v2.0 rule other servers do not share).
+    /// Whether Entra's client-credentials flow accepts `scope`: it must be
+    /// `{resource}/.default` (a v2.0 rule other servers do not share). Entra also refuses a
+    /// list of several; that is left to Entra, as its reply says so.
     pub fn accepts_scope(scope: &str) -> bool {
-        scope.ends_with("/.default") && !scope.contains(' ')
+        scope.ends_with("/.default")
     }
 
     /// Why [`accepts_scope`] refused a scope, for error messages.
     pub const SCOPE_RULE: &str =
-        "Microsoft Entra ID's client-credentials flow needs one scope, `{resource}/.default`";
+        "Microsoft Entra ID's client-credentials flow needs `{resource}/.default`";
 }
 
 /// Form parameters the component sets itself; a job's extra parameters cannot replace

@@ -492,7 +492,8 @@ fn issue(state: &EmulatorState, tenant: &str, headers: &HeaderMap, body: &[u8]) 
         None => return missing("scope"),
         Some(s) => s.clone(),
     };
-    if !entra::accepts_scope(&scope) {
+    // Entra's rule, and its refusal of a list of several scopes.
+    if !entra::accepts_scope(&scope) || scope.contains(' ') {
         return entra_error(
             StatusCode::BAD_REQUEST,
             "invalid_scope",

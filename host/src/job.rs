@@ -15,6 +15,50 @@ use tokenwarden_contract::entra::DEFAULT_AUTHORITY;
 /// Default wall-clock limit for one run.
 pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A WASI version the component runs in.
+///
+/// 0.2 is the default. 0.3 (`wasi:http/client@0.3.0`) is experimental in wasmtime 48 and
+/// opt-in: SECURITY.md says what choosing it means.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum WasiVersion {
+    /// WASI 0.2 (`refresher`, exporting `action`).
+    #[default]
+    P2,
+    /// WASI 0.3 (`refresher-p3`, exporting `async-action`).
+    P3,
+}
+
+impl WasiVersion {
+    /// As a config file writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WasiVersion::P2 => "0.2",
+            WasiVersion::P3 => "0.3",
+        }
+    }
+}
+
+impl std::fmt::Display for WasiVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for WasiVersion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "0.2" => Ok(WasiVersion::P2),
+            "0.3" => Ok(WasiVersion::P3),
+            other => Err(format!(
+                "WASI version `{}`: expected \"0.2\" or \"0.3\"",
+                crate::text::clean(other, 40)
+            )),
+        }
+    }
+}
+
 /// One job, validated (a `[[jobs]]` entry, paths resolved).
 #[derive(Clone, Debug)]
 pub struct JobConfig {
@@ -35,8 +79,11 @@ pub struct JobConfig {
     pub allow_insecure_http: bool,
     /// When it runs.
     pub schedule: Schedule,
-    /// A component to run instead of the built-in one.
+    /// A component to run instead of the built-in one (its exports say its WASI version).
     pub plugin: Option<PathBuf>,
+    /// The WASI version of the built-in component this job runs; `None` takes the
+    /// runtime's ([`crate::RuntimeOptions::wasi`]).
+    pub wasi: Option<WasiVersion>,
     /// Role grants.
     pub secrets: SecretRoles,
     /// Extra form parameters for the token request.
@@ -60,6 +107,7 @@ impl JobConfig {
             allow_insecure_http: false,
             schedule: Schedule::Auto,
             plugin: None,
+            wasi: None,
             secrets,
             token_params: BTreeMap::new(),
             timeout: DEFAULT_RUN_TIMEOUT,

@@ -50,6 +50,7 @@ mod text;
 mod time;
 
 pub use admin::{AdminConfig, AdminLimits};
+pub use bindings::p3::{RefresherP3, RefresherP3Pre, async_action};
 pub use bindings::{Refresher, RefresherPre, action};
 pub use cache::{CacheOutcome, CompileCache};
 pub use config::{CONFIG_ENV, Config, ConfigError};
@@ -57,11 +58,12 @@ pub use daemon::{
     Coordination, Daemon, DaemonConfig, JobStatus, RunEvent, RunRecord, Trigger, TriggerError,
 };
 pub use egress::{EgressPolicy, HttpLimits, NetTransport, Origin, Transport};
-pub use job::{ClientAuth, JobConfig};
+pub use job::{ClientAuth, JobConfig, WasiVersion};
 pub use limits::RunLimits;
 pub use outcome::{OAuthError, Outcome, PluginError, Retry, RunError};
 pub use runtime::{
-    BUILTIN_COMPONENT, Pooling, RunReport, Runtime, RuntimeOptions, WASMTIME_VERSION,
+    BUILTIN_COMPONENT, BUILTIN_COMPONENT_P3, Pooling, RunReport, Runtime, RuntimeOptions, WASI_ENV,
+    WASMTIME_VERSION, builtin_component,
 };
 pub use schedule::{Policy, Schedule};
 pub use secrets::{SecretRoles, SecretsCtx};

@@ -6,16 +6,17 @@
 //! job's secret roles. It is bounded by a memory cap ([`wasmtime::StoreLimits`]), an epoch
 //! deadline for CPU loops and a wall-clock timeout for waits. A trap ends that run only.
 
+use crate::bindings::p3::{RefresherP3Pre, async_action};
 use crate::bindings::{Refresher, RefresherPre, action};
 use crate::cache::CompileCache;
 use crate::egress::NetTransport;
 use crate::egress::{EgressPolicy, Transport};
-use crate::job::{ClientAuth, JobConfig};
+use crate::job::{ClientAuth, JobConfig, WasiVersion};
 use crate::outcome::{OAuthError, Outcome, PluginError, RunError};
 use crate::secrets::{Grants, SecretsCtx};
 use crate::store::{Lease, SecretStore};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, ResourceTable};
@@ -23,8 +24,23 @@ use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-/// The component built into this binary (see `build.rs`).
+/// The component built into this binary (see `build.rs`), for WASI 0.2.
 pub static BUILTIN_COMPONENT: &[u8] = include_bytes!(env!("TOKENWARDEN_PLUGIN_WASM"));
+
+/// The same component built for WASI 0.3 (`refresher-p3`).
+pub static BUILTIN_COMPONENT_P3: &[u8] = include_bytes!(env!("TOKENWARDEN_PLUGIN_P3_WASM"));
+
+/// The built-in component for `wasi`.
+pub fn builtin_component(wasi: WasiVersion) -> &'static [u8] {
+    match wasi {
+        WasiVersion::P2 => BUILTIN_COMPONENT,
+        WasiVersion::P3 => BUILTIN_COMPONENT_P3,
+    }
+}
+
+/// Environment variable that sets the command line's [`RuntimeOptions::wasi`] (`0.2` or
+/// `0.3`) over the config file's top-level `wasi`: a way to try 0.3 engine-wide.
+pub const WASI_ENV: &str = "TOKENWARDEN_WASI";
 
 /// The wasmtime version this binary was built with.
 pub const WASMTIME_VERSION: &str = env!("TOKENWARDEN_WASMTIME_VERSION");
@@ -43,6 +59,19 @@ pub struct RuntimeOptions {
     /// Pre-allocated instance slots; `None` allocates per run (on demand). The CLI and
     /// daemon use [`Pooling::for_runs`].
     pub pooling: Option<Pooling>,
+    /// The WASI version of jobs that do not choose one ([`JobConfig::wasi`]). 0.3 turns on
+    /// wasmtime's experimental component-model concurrency for the engine.
+    pub wasi: WasiVersion,
+    /// Lets jobs that choose 0.3, or components that export the 0.3 world, run while the
+    /// default stays 0.2. Implied by `wasi` 0.3; off, the engine has no 0.3 support at all.
+    pub allow_wasi_0_3: bool,
+}
+
+impl RuntimeOptions {
+    /// Whether this engine runs WASI 0.3 components.
+    pub fn wasi_0_3(&self) -> bool {
+        self.allow_wasi_0_3 || self.wasi == WasiVersion::P3
+    }
 }
 
 /// wasmtime's pooling allocator, sized for the runs in flight: instantiation reuses warm
@@ -95,6 +124,8 @@ impl std::fmt::Debug for RuntimeOptions {
             .field("custom_transport", &self.transport.is_some())
             .field("compile_cache", &self.compile_cache)
             .field("pooling", &self.pooling)
+            .field("wasi", &self.wasi)
+            .field("allow_wasi_0_3", &self.allow_wasi_0_3)
             .finish()
     }
 }
@@ -109,10 +140,17 @@ pub struct RunReport {
     /// Wall-clock duration of the run.
     #[serde(with = "millis")]
     pub duration: Duration,
+    /// The WASI version the component ran in.
+    #[serde(serialize_with = "as_str")]
+    pub wasi: WasiVersion,
     /// The store revision of the token write, so a daemon knows its own write when the
     /// change feed reports it.
     #[serde(skip)]
     pub token_revision: Option<u64>,
+}
+
+fn as_str<S: serde::Serializer>(v: &WasiVersion, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.as_str())
 }
 
 mod millis {
@@ -239,8 +277,9 @@ pub struct Runtime {
     linker: Linker<RunState>,
     options: RuntimeOptions,
     transport: Arc<dyn Transport>,
-    builtin: OnceLock<RefresherPre<RunState>>,
-    custom: Mutex<HashMap<PathBuf, RefresherPre<RunState>>>,
+    /// The built-in component, per WASI version.
+    builtin: [OnceLock<Pre>; 2],
+    custom: Mutex<HashMap<PathBuf, Pre>>,
     /// Free pool slots, when pooling: a run waits here instead of failing to instantiate.
     slots: Option<tokio::sync::Semaphore>,
 }
@@ -253,6 +292,13 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
+/// A component ready to instantiate, by the world it exports.
+#[derive(Clone)]
+enum Pre {
+    P2(RefresherPre<RunState>),
+    P3(RefresherP3Pre<RunState>),
+}
+
 fn component_err(context: &str) -> impl Fn(wasmtime::Error) -> RunError + '_ {
     move |e| RunError::Component(format!("{context}: {e:#}"))
 }
@@ -262,6 +308,11 @@ impl Runtime {
     pub fn new(options: RuntimeOptions) -> Result<Self, RunError> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
+        // Component-model concurrency (what WASI 0.3 runs on) only when asked for: it is
+        // experimental in wasmtime 48, and off, a 0.2 run takes the same path as without it.
+        let p3 = options.wasi_0_3();
+        config.wasm_component_model_async(p3);
+        config.concurrency_support(p3);
         let mut slots = None;
         if let Some(p) = options.pooling {
             let mut pool = wasmtime::PoolingAllocationConfig::default();
@@ -271,7 +322,8 @@ impl Runtime {
                 .total_core_instances(n * PER_COMPONENT)
                 .total_memories(n * PER_COMPONENT)
                 .total_tables(n * PER_COMPONENT)
-                .total_stacks(n)
+                // A concurrent (0.3) store may take a second fiber when its first is busy.
+                .total_stacks(if p3 { 2 * n } else { n })
                 .max_core_instances_per_component(PER_COMPONENT)
                 .max_memories_per_component(PER_COMPONENT)
                 .max_tables_per_component(PER_COMPONENT)
@@ -294,6 +346,12 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(component_err("linker"))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(component_err("linker"))?;
+        if p3 {
+            // Only the clocks and HTTP of 0.3: the component imports nothing else of it.
+            wasmtime_wasi::p3::clocks::add_to_linker(&mut linker)
+                .map_err(component_err("linker"))?;
+            wasmtime_wasi_http::p3::add_to_linker(&mut linker).map_err(component_err("linker"))?;
+        }
         crate::secrets::add_to_linker(&mut linker, |s: &mut RunState| &mut s.secrets)
             .map_err(component_err("linker"))?;
         // The ticker holds only a weak handle, so it ends with the last Runtime.
@@ -317,12 +375,12 @@ impl Runtime {
                 .clone()
                 .unwrap_or_else(|| Arc::new(NetTransport::default())),
             options,
-            builtin: OnceLock::new(),
+            builtin: [OnceLock::new(), OnceLock::new()],
             custom: Mutex::new(HashMap::new()),
         })
     }
 
-    fn prepare(&self, bytes: &[u8], what: &str) -> Result<RefresherPre<RunState>, RunError> {
+    fn prepare(&self, bytes: &[u8], what: &str) -> Result<Pre, RunError> {
         let started = Instant::now();
         let (component, how) = match &self.options.compile_cache {
             Some(cache) => {
@@ -342,21 +400,41 @@ impl Runtime {
             ms = started.elapsed().as_millis() as u64,
             "component ready"
         );
+        let p3 = component
+            .get_export_index(None, crate::bindings::p3::EXPORT)
+            .is_some();
         let pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(component_err(what))?;
-        RefresherPre::new(pre).map_err(component_err(what))
+        if p3 {
+            RefresherP3Pre::new(pre)
+                .map(Pre::P3)
+                .map_err(component_err(what))
+        } else {
+            RefresherPre::new(pre)
+                .map(Pre::P2)
+                .map_err(component_err(what))
+        }
     }
 
-    fn pre_for(&self, plugin: Option<&Path>) -> Result<RefresherPre<RunState>, RunError> {
-        match plugin {
+    fn pre_for(&self, job: &JobConfig) -> Result<Pre, RunError> {
+        match job.plugin.as_deref() {
             None => {
-                if let Some(pre) = self.builtin.get() {
+                let wasi = job.wasi.unwrap_or(self.options.wasi);
+                if wasi == WasiVersion::P3 && !self.options.wasi_0_3() {
+                    return Err(RunError::Config(format!(
+                        "job `{}` asks for WASI 0.3, which this runtime has off (allow_wasi_0_3)",
+                        job.name
+                    )));
+                }
+                let slot = &self.builtin[wasi as usize];
+                if let Some(pre) = slot.get() {
                     return Ok(pre.clone());
                 }
-                let pre = self.prepare(BUILTIN_COMPONENT, "built-in component")?;
-                Ok(self.builtin.get_or_init(|| pre).clone())
+                let what = format!("built-in component (WASI {wasi})");
+                let pre = self.prepare(builtin_component(wasi), &what)?;
+                Ok(slot.get_or_init(|| pre).clone())
             }
             Some(path) => {
                 let mut custom = self.custom.lock().unwrap_or_else(|p| p.into_inner());
@@ -375,7 +453,7 @@ impl Runtime {
 
     /// Compiles a job's component now rather than at its first run.
     pub fn preload(&self, job: &JobConfig) -> Result<(), RunError> {
-        self.pre_for(job.plugin.as_deref()).map(drop)
+        self.pre_for(job).map(drop)
     }
 
     /// Runs `job` once: the plugin fetches a token and stores it in `store`.
@@ -397,7 +475,7 @@ impl Runtime {
     ) -> Result<RunReport, RunError> {
         let started = Instant::now();
         tracing::debug!(job = %job.name, plugin = ?job.plugin, "run starting");
-        let pre = self.pre_for(job.plugin.as_deref())?;
+        let pre = self.pre_for(job)?;
         let allowed = job.effective_allow_list().map_err(RunError::Config)?;
         // The job's timeout covers waiting for a pool slot and the run itself.
         let deadline = tokio::time::Instant::now() + job.timeout;
@@ -438,6 +516,9 @@ impl Runtime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
+        // WASI 0.3's streams, futures and tasks live in wasmtime's own handle table, outside
+        // the ResourceTable capped above.
+        store.set_max_component_handles(job.limits.max_resources);
         let ticks = (job.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
@@ -456,16 +537,39 @@ impl Runtime {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         };
+        let trapped = |trap: wasmtime::Error| RunError::Trap(format!("{trap:#}"));
         let call = async {
-            let refresher: Refresher = pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(component_err("instantiate"))?;
-            refresher
-                .tokenwarden_refresh_action()
-                .call_refresh(&mut store, &request)
-                .await
-                .map_err(|trap| RunError::Trap(format!("{trap:#}")))
+            match &pre {
+                Pre::P2(pre) => {
+                    let refresher: Refresher = pre
+                        .instantiate_async(&mut store)
+                        .await
+                        .map_err(component_err("instantiate"))?;
+                    refresher
+                        .tokenwarden_refresh_action()
+                        .call_refresh(&mut store, &request)
+                        .await
+                        .map_err(trapped)
+                }
+                Pre::P3(pre) => {
+                    let refresher = pre
+                        .instantiate_async(&mut store)
+                        .await
+                        .map_err(component_err("instantiate"))?;
+                    let request = async_action::Request::from(&request);
+                    let result = store
+                        .run_concurrent(async |a| {
+                            refresher
+                                .tokenwarden_refresh_async_action()
+                                .call_refresh(a, request)
+                                .await
+                        })
+                        .await
+                        .and_then(|r| r)
+                        .map_err(trapped)?;
+                    Ok(result.map(Into::into).map_err(Into::into))
+                }
+            }
         };
         let result = tokio::time::timeout_at(deadline, call).await;
         let data = store.data();
@@ -505,6 +609,10 @@ impl Runtime {
                 token_secret: job.secrets.access_token.clone(),
                 duration: started.elapsed(),
                 token_revision: data.secrets.written(),
+                wasi: match pre {
+                    Pre::P2(_) => WasiVersion::P2,
+                    Pre::P3(_) => WasiVersion::P3,
+                },
             }),
             Err(e) => {
                 let e = match (from_wit(e, data.secrets.grants()), &data.egress.failure) {
@@ -561,6 +669,14 @@ mod tests {
             BUILTIN_COMPONENT.len() <= 150_000,
             "the component is {} bytes",
             BUILTIN_COMPONENT.len()
+        );
+        // The WASI 0.3 build is over that budget: wit-bindgen's async runtime adds about
+        // 45 KB (BENCHMARKS.md has where it goes and what would close it). This bound keeps
+        // it from growing unnoticed.
+        assert!(
+            BUILTIN_COMPONENT_P3.len() <= 200_000,
+            "the WASI 0.3 component is {} bytes",
+            BUILTIN_COMPONENT_P3.len()
         );
     }
 

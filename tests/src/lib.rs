@@ -38,11 +38,29 @@ pub fn runtime() -> &'static Runtime {
     RT.get_or_init(|| Runtime::new(pooled()).expect("runtime"))
 }
 
-/// Engine options like the CLI's: an instance pool (roomy, as tests run in parallel).
+/// Engine options like the CLI's: an instance pool (roomy, as tests run in parallel), and
+/// the WASI version `$TOKENWARDEN_WASI` names, as the CLI reads it: `.ci/run` runs the
+/// whole suite once per version.
 pub fn pooled() -> RuntimeOptions {
     RuntimeOptions {
         pooling: Some(tokenwarden::Pooling::for_runs(64, &[])),
+        ..unpooled()
+    }
+}
+
+/// [`pooled`] without the pool (the library's default allocation).
+pub fn unpooled() -> RuntimeOptions {
+    RuntimeOptions {
+        wasi: wasi(),
         ..RuntimeOptions::default()
+    }
+}
+
+/// The WASI version this run of the suite tests: `$TOKENWARDEN_WASI`, else 0.2.
+pub fn wasi() -> tokenwarden::WasiVersion {
+    match std::env::var(tokenwarden::WASI_ENV) {
+        Ok(v) if !v.is_empty() => v.parse().expect("TOKENWARDEN_WASI is 0.2 or 0.3"),
+        _ => tokenwarden::WasiVersion::default(),
     }
 }
 

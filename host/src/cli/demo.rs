@@ -94,7 +94,11 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
 
     // The library's default engine (on-demand instances), so the demo's test also covers the
     // path embedders get without `RuntimeOptions::pooling`; `run` pools.
-    let runtime = Arc::new(Runtime::new(RuntimeOptions::default())?);
+    let wasi = super::default_wasi(None)?;
+    let runtime = Arc::new(Runtime::new(RuntimeOptions {
+        wasi,
+        ..RuntimeOptions::default()
+    })?);
     let compile = Instant::now();
     runtime.preload(&job)?;
     let compile_ms = compile.elapsed().as_millis();
@@ -125,7 +129,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
     )?;
     writeln!(
         out,
-        "  sandbox    the plugin (compiled in {compile_ms} ms) may reach only {} and its 4 bound secrets",
+        "  sandbox    the plugin (WASI {wasi}, compiled in {compile_ms} ms) may reach only {} and its 4 bound secrets",
         emulator.authority()
     )?;
     writeln!(

@@ -229,6 +229,10 @@ pub enum ComponentCommand {
     Export {
         /// Destination file.
         file: PathBuf,
+        /// The world: `0.2` (`refresher`, the default) or `0.3` (`refresher-p3`,
+        /// experimental in wasmtime 48).
+        #[arg(long, default_value = "0.2")]
+        wasi: crate::job::WasiVersion,
     },
 }
 
@@ -397,8 +401,17 @@ fn config_path(top: &Option<PathBuf>, sub: &ConfigArg) -> PathBuf {
 /// Engine settings for commands that run jobs: compiled components are cached beside the
 /// store (`compiled/`), so only the first start pays for compilation, and instances come
 /// from a pool with a slot for each run the daemon allows in flight.
-fn runtime_options(config: &Config) -> RuntimeOptions {
-    RuntimeOptions {
+///
+/// The WASI version of jobs that do not choose one is `$TOKENWARDEN_WASI`, else the file's
+/// top-level `wasi`, else 0.2; the engine has 0.3 support only when some job can use it.
+fn runtime_options(config: &Config) -> anyhow::Result<RuntimeOptions> {
+    let wasi = default_wasi(config.wasi)?;
+    Ok(RuntimeOptions {
+        wasi,
+        allow_wasi_0_3: config
+            .jobs
+            .iter()
+            .any(|j| j.wasi == Some(crate::job::WasiVersion::P3)),
         compile_cache: Some(crate::cache::CompileCache::new(
             config.store.local_dir(config.dir()).join("compiled"),
         )),
@@ -407,6 +420,16 @@ fn runtime_options(config: &Config) -> RuntimeOptions {
             &config.jobs,
         )),
         ..RuntimeOptions::default()
+    })
+}
+
+/// `$TOKENWARDEN_WASI`, else `file` (a config's top-level `wasi`), else 0.2.
+fn default_wasi(file: Option<crate::job::WasiVersion>) -> anyhow::Result<crate::job::WasiVersion> {
+    match std::env::var(crate::runtime::WASI_ENV) {
+        Ok(v) if !v.is_empty() => v
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("{}: {e}", crate::runtime::WASI_ENV)),
+        _ => Ok(file.unwrap_or_default()),
     }
 }
 
@@ -437,8 +460,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Component {
-            command: ComponentCommand::Export { file },
-        } => setup::export(&file),
+            command: ComponentCommand::Export { file, wasi },
+        } => setup::export(&file, wasi),
         Command::Completions { shell } => setup::completions(shell),
         Command::Man => setup::man(),
     }

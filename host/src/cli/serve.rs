@@ -44,7 +44,7 @@ pub(super) async fn daemon(config_path: &Path) -> anyhow::Result<u8> {
     let descriptors = crate::limits::raise_descriptor_limit();
     tracing::debug!(?descriptors, "open-file limit");
     let store = open_store(&config, Access::ReadWrite).await?;
-    let runtime = Arc::new(Runtime::new(runtime_options(&config))?);
+    let runtime = Arc::new(Runtime::new(runtime_options(&config)?)?);
     let started = std::time::Instant::now();
     for job in &config.jobs {
         runtime

@@ -2,7 +2,8 @@
 
 use super::{Cli, Usage, exit};
 use crate::emulator;
-use crate::runtime::BUILTIN_COMPONENT;
+use crate::job::WasiVersion;
+use crate::runtime::builtin_component;
 use anyhow::Context;
 use clap::CommandFactory;
 use std::io::Write;
@@ -123,12 +124,12 @@ pub(super) fn init(path: &Path, for_emulator: bool) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-pub(super) fn export(file: &Path) -> anyhow::Result<u8> {
-    std::fs::write(file, BUILTIN_COMPONENT)
-        .with_context(|| format!("cannot write {}", file.display()))?;
+pub(super) fn export(file: &Path, wasi: WasiVersion) -> anyhow::Result<u8> {
+    let component = builtin_component(wasi);
+    std::fs::write(file, component).with_context(|| format!("cannot write {}", file.display()))?;
     println!(
-        "wrote the built-in component ({} bytes) to {}",
-        BUILTIN_COMPONENT.len(),
+        "wrote the built-in component for WASI {wasi} ({} bytes) to {}",
+        component.len(),
         file.display()
     );
     Ok(exit::OK)

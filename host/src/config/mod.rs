@@ -9,7 +9,7 @@ pub use parse::ConfigError;
 
 use crate::admin::AdminConfig;
 use crate::daemon::DaemonConfig;
-use crate::job::JobConfig;
+use crate::job::{JobConfig, WasiVersion};
 use crate::store::StoreConfig;
 use std::path::{Path, PathBuf};
 
@@ -27,6 +27,8 @@ pub const DEFAULT_PG_KEY_FILE: &str = "data/tokenwarden.key";
 pub struct Config {
     /// The file it came from (relative paths are resolved against its folder).
     pub path: PathBuf,
+    /// The top-level `wasi`: the WASI version of jobs that do not choose their own.
+    pub wasi: Option<WasiVersion>,
     /// The secret store.
     pub store: StoreConfig,
     /// The daemon's admin API.

@@ -10,7 +10,7 @@ use super::{Config, DEFAULT_PG_KEY_FILE, DEFAULT_STORE};
 use crate::admin::{self, AdminConfig};
 use crate::daemon::DaemonConfig;
 use crate::egress::Origin;
-use crate::job::{ClientAuth, DEFAULT_RUN_TIMEOUT, JobConfig};
+use crate::job::{ClientAuth, DEFAULT_RUN_TIMEOUT, JobConfig, WasiVersion};
 use crate::limits::RunLimits;
 use crate::schedule::Schedule;
 use crate::secrets::SecretRoles;
@@ -75,6 +75,7 @@ fn hint(_path: &Path, e: &std::io::Error) -> String {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    wasi: Option<Spanned<String>>,
     store: Option<RawStore>,
     admin: Option<RawAdmin>,
     daemon: Option<RawDaemon>,
@@ -162,6 +163,7 @@ struct RawJob {
     secrets: Spanned<SecretRoles>,
     token_params: Option<Spanned<BTreeMap<String, String>>>,
     timeout: Option<Spanned<String>>,
+    wasi: Option<Spanned<String>>,
     limits: Option<RawLimits>,
 }
 
@@ -413,6 +415,11 @@ fn parse_with(text: &str, path: &Path, blockwise: bool) -> Result<Config, Config
     let store = store(&cx, raw.store, base)?;
     let admin = admin(&cx, raw.admin)?;
     let daemon = daemon(&cx, raw.daemon)?;
+    let wasi = raw
+        .wasi
+        .as_ref()
+        .map(|w| wasi_version(&cx, w, "wasi"))
+        .transpose()?;
     let default_limits = match &raw.limits {
         Some(l) => limits(&cx, l, RunLimits::default(), "limits")?,
         None => RunLimits::default(),
@@ -474,11 +481,18 @@ fn parse_with(text: &str, path: &Path, blockwise: bool) -> Result<Config, Config
     }
     Ok(Config {
         path: path.to_path_buf(),
+        wasi,
         store,
         admin,
         daemon,
         jobs,
     })
+}
+
+fn wasi_version(cx: &Ctx<'_>, v: &Spanned<String>, key: &str) -> Result<WasiVersion, ConfigError> {
+    v.get_ref()
+        .parse()
+        .map_err(|e: String| cx.invalid(v.span(), format!("`{key}`: {e}")))
 }
 
 fn store(cx: &Ctx<'_>, raw: Option<RawStore>, base: &Path) -> Result<StoreConfig, ConfigError> {
@@ -905,6 +919,11 @@ fn job_config(
         Some(l) => limits(cx, l, *default_limits, &format!("jobs.{name}.limits"))?,
         None => *default_limits,
     };
+    let wasi = j
+        .wasi
+        .as_ref()
+        .map(|w| wasi_version(cx, w, &format!("jobs.{name}.wasi")))
+        .transpose()?;
     Ok(JobConfig {
         name,
         scope: j.scope,
@@ -915,6 +934,7 @@ fn job_config(
         allow_insecure_http: j.allow_insecure_http,
         schedule,
         plugin: j.plugin.map(|p| base.join(p)),
+        wasi,
         secrets: j.secrets.into_inner(),
         token_params: token_params.into_inner(),
         timeout,
@@ -964,6 +984,25 @@ access_token = "Microsoft Access Token"
             j.effective_allow_list().unwrap(),
             vec![Origin::parse("https://login.microsoftonline.com").unwrap()]
         );
+    }
+
+    #[test]
+    fn wasi_is_chosen_per_file_and_per_job_and_checked() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!((c.wasi, c.jobs[0].wasi), (None, None));
+        let text = format!(
+            "wasi = \"0.3\"\n{}",
+            GOOD.replace("schedule = ", "wasi = \"0.2\"\nschedule = ")
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.wasi, Some(WasiVersion::P3));
+        assert_eq!(c.jobs[0].wasi, Some(WasiVersion::P2));
+        for bad in ["0.4", "p3", "", "1"] {
+            let e = err(&GOOD.replace("schedule = ", &format!("wasi = \"{bad}\"\nschedule = ")));
+            assert!(e.contains("line 8") && e.contains("jobs.graph.wasi"), "{e}");
+        }
+        let e = err(&format!("wasi = 3\n{GOOD}"));
+        assert!(e.contains("wasi"), "{e}");
     }
 
     #[test]

@@ -345,6 +345,43 @@ impl WasiHttpHooks for EgressPolicy {
         self.failure = Some(format!("HTTP: {err}"));
         ErrorCode::HttpProtocolError
     }
+
+    fn p3_error_from_connect(&mut self, err: &std::io::Error) -> P3ErrorCode {
+        to_p3(self.p2_error_from_connect(err))
+    }
+
+    fn p3_error_from_tls(&mut self, err: &std::io::Error) -> P3ErrorCode {
+        to_p3(self.p2_error_from_tls(err))
+    }
+
+    fn p3_error_from_hyper(&mut self, err: &hyper::Error) -> P3ErrorCode {
+        to_p3(self.p2_error_from_hyper(err))
+    }
+}
+
+type P3ErrorCode = wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
+
+/// The WASI 0.3 twin of a code the failures above produce (the two worlds' `error-code`s
+/// have the same cases, as distinct Rust types).
+fn to_p3(code: ErrorCode) -> P3ErrorCode {
+    use P3ErrorCode as P3;
+    match code {
+        ErrorCode::ConnectionRefused => P3::ConnectionRefused,
+        ErrorCode::ConnectionTimeout => P3::ConnectionTimeout,
+        ErrorCode::ConnectionTerminated => P3::ConnectionTerminated,
+        ErrorCode::DestinationUnavailable => P3::DestinationUnavailable,
+        ErrorCode::TlsCertificateError => P3::TlsCertificateError,
+        ErrorCode::TlsAlertReceived(p) => P3::TlsAlertReceived(
+            wasmtime_wasi_http::p3::bindings::http::types::TlsAlertReceivedPayload {
+                alert_id: p.alert_id,
+                alert_message: p.alert_message,
+            },
+        ),
+        ErrorCode::TlsProtocolError => P3::TlsProtocolError,
+        ErrorCode::HttpProtocolError => P3::HttpProtocolError,
+        // Not produced above.
+        _ => P3::InternalError(None),
+    }
 }
 
 #[cfg(test)]
