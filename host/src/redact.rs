@@ -51,16 +51,35 @@ impl std::fmt::Debug for Redactor {
     }
 }
 
+const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+/// Pushes the two hex digits of `b` (a table, not `format!`: this runs per byte of every
+/// secret a redacting run read).
+fn push_hex(out: &mut String, b: u8, upper: bool) {
+    let digits = if upper { HEX_UPPER } else { HEX_LOWER };
+    out.push(digits[usize::from(b >> 4)] as char);
+    out.push(digits[usize::from(b & 0xf)] as char);
+}
+
+/// Lowercase hex of every byte.
+fn hex(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() * 2);
+    for b in value.bytes() {
+        push_hex(&mut out, b, false);
+    }
+    out
+}
+
 /// RFC 3986 percent-encoding of everything but the unreserved characters.
 fn percent(value: &str, upper: bool) -> String {
     let mut out = String::with_capacity(value.len() * 3);
     for b in value.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
             out.push(b as char);
-        } else if upper {
-            out.push_str(&format!("%{b:02X}"));
         } else {
-            out.push_str(&format!("%{b:02x}"));
+            out.push('%');
+            push_hex(&mut out, b, upper);
         }
     }
     out
@@ -95,6 +114,12 @@ impl Redactor {
 
     /// `text` with every learned value, in any of its encodings, replaced by [`MASK`].
     pub fn redact(&self, text: &str) -> String {
+        // No pattern is shorter than its value or than MIN_ENCODED, so a shorter text (a
+        // token type, most often) needs none of them derived.
+        let shortest = self.values.iter().map(|v| v.len().min(MIN_ENCODED)).min();
+        if shortest.is_none_or(|n| text.len() < n) {
+            return text.to_string();
+        }
         let mut out = text.to_string();
         for p in self.patterns.get_or_init(|| patterns(&self.values)) {
             if out.contains(p.as_str()) {
@@ -118,7 +143,7 @@ fn patterns(values: &[String]) -> Vec<String> {
             .replace('>', "&gt;")
             .replace('"', "&quot;")
             .replace('\'', "&#39;");
-        let hex: String = value.bytes().map(|b| format!("{b:02x}")).collect();
+        let hex = hex(value);
         let mut encoded = vec![
             form.clone(),
             form.to_ascii_lowercase(),
@@ -172,6 +197,7 @@ mod tests {
             percent(SECRET, false),
             format!("<p>{}</p>", SECRET.replace('&', "&amp;")),
             SECRET.bytes().map(|b| format!("{b:02x}")).collect(),
+            SECRET.bytes().map(|b| format!("{b:02X}")).collect(),
         ];
         for echo in echoes {
             let out = r.redact(&echo);
@@ -179,6 +205,17 @@ mod tests {
             assert!(!out.contains(SECRET) && !out.contains(&form), "{out}");
         }
         assert_eq!(r.redact("nothing to see"), "nothing to see");
+        // Texts shorter than any pattern are returned without deriving the patterns.
+        assert_eq!(r.redact("Bearer"), "Bearer");
+        assert!(r.patterns.get().is_some());
+        let mut fresh = Redactor::default();
+        fresh.add(SECRET);
+        assert_eq!(fresh.redact("Bearer"), "Bearer");
+        assert!(fresh.patterns.get().is_none());
+        // A short secret is still found in a text as short as itself.
+        let mut short = Redactor::default();
+        short.add("abcd");
+        assert_eq!(short.redact("abcd"), MASK);
     }
 
     proptest::proptest! {

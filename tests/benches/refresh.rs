@@ -8,6 +8,10 @@
 //! - `loopback/*`: one refresh against the emulator on 127.0.0.1, the component in the host
 //!   versus a native hyper client; both keep one connection alive, as the host's transport does.
 //!
+//! - `*/component-p3/*`: the same with the WASI 0.3 build of the component (its own engine,
+//!   with component-model concurrency on); `component-p2-on-p3-engine`: the 0.2 build on
+//!   such an engine, what a 0.2 job pays when another job opts in to 0.3.
+//!
 //! After criterion's report, p50/p99 of single iterations are printed, the rows of a group
 //! alternating (criterion reports means and medians of batches, not tails).
 
@@ -20,6 +24,7 @@ use std::time::{Duration, Instant};
 use tokenwarden::MemoryStore;
 use tokenwarden::NetTransport;
 use tokenwarden::Pooling;
+use tokenwarden::WasiVersion;
 use tokenwarden::egress::{HttpLimits, Origin, SendFuture, Transport};
 use tokenwarden::{JobConfig, Runtime, RuntimeOptions, SecretStore, SqliteStore, emulator};
 use tokenwarden_plugin::oauth;
@@ -269,6 +274,22 @@ fn main() {
     })
     .unwrap();
     canned.preload(&job).unwrap();
+    let canned_p3 = Runtime::new(RuntimeOptions {
+        transport: Some(Arc::new(Canned)),
+        pooling,
+        wasi: WasiVersion::P3,
+        ..RuntimeOptions::default()
+    })
+    .unwrap();
+    canned_p3.preload(&job).unwrap();
+    let canned_p2_on_p3 = Runtime::new(RuntimeOptions {
+        transport: Some(Arc::new(Canned)),
+        pooling,
+        allow_wasi_0_3: true,
+        ..RuntimeOptions::default()
+    })
+    .unwrap();
+    canned_p2_on_p3.preload(&job).unwrap();
     let on_demand = Runtime::new(RuntimeOptions {
         transport: Some(Arc::new(Canned)),
         ..RuntimeOptions::default()
@@ -315,6 +336,31 @@ fn main() {
             tails.push((format!("in-process component/{label}"), component));
             tails.push((format!("in-process native/{label}"), native));
         }
+        g.bench_function("component-p3/memory", |b| {
+            b.to_async(&rt)
+                .iter(|| async { canned_p3.run(&job, memory.clone()).await.unwrap() })
+        });
+        let [p2, p3, p2_on_p3] = interleaved_tails!(
+            &rt,
+            20_000,
+            [
+                async {
+                    canned.run(&job, memory.clone()).await.unwrap();
+                },
+                async {
+                    canned_p3.run(&job, memory.clone()).await.unwrap();
+                },
+                async {
+                    canned_p2_on_p3.run(&job, memory.clone()).await.unwrap();
+                },
+            ]
+        );
+        tails.push(("in-process component/memory (again)".into(), p2));
+        tails.push(("in-process component-p3/memory".into(), p3));
+        tails.push((
+            "in-process component-p2-on-p3-engine/memory".into(),
+            p2_on_p3,
+        ));
         g.bench_function("component-on-demand/memory", |b| {
             b.to_async(&rt)
                 .iter(|| async { on_demand.run(&job, memory.clone()).await.unwrap() })
@@ -348,6 +394,13 @@ fn main() {
     let mut loop_job = canned_job();
     loop_job.token_url = Some(token_url.clone());
     net.preload(&loop_job).unwrap();
+    let net_p3 = Runtime::new(RuntimeOptions {
+        pooling,
+        wasi: WasiVersion::P3,
+        ..RuntimeOptions::default()
+    })
+    .unwrap();
+    net_p3.preload(&loop_job).unwrap();
     let native = NativeClient {
         addr: emu.addr,
         sender: Mutex::new(None),
@@ -363,6 +416,10 @@ fn main() {
             b.to_async(&rt)
                 .iter(|| async { net.run(&loop_job, memory.clone()).await.unwrap() })
         });
+        g.bench_function("component-p3/memory", |b| {
+            b.to_async(&rt)
+                .iter(|| async { net_p3.run(&loop_job, memory.clone()).await.unwrap() })
+        });
         g.bench_function("native/memory", |b| {
             b.to_async(&rt).iter(|| async {
                 native_refresh(&*memory, &token_url, |http| native.post(http)).await
@@ -374,18 +431,22 @@ fn main() {
             })
         });
         g.finish();
-        let [component, native_tails, via_host_tails] = interleaved_tails!(
+        let [component, component_p3, native_tails, via_host_tails] = interleaved_tails!(
             &rt,
             5_000,
             [
                 async {
                     net.run(&loop_job, memory.clone()).await.unwrap();
                 },
+                async {
+                    net_p3.run(&loop_job, memory.clone()).await.unwrap();
+                },
                 native_refresh(&*memory, &token_url, |http| native.post(http)),
                 native_refresh(&*memory, &token_url, |http| via_host.post(http)),
             ]
         );
         tails.push(("loopback component/memory".into(), component));
+        tails.push(("loopback component-p3/memory".into(), component_p3));
         tails.push(("loopback native/memory".into(), native_tails));
         tails.push((
             "loopback native-host-transport/memory".into(),
@@ -395,8 +456,8 @@ fn main() {
 
     c.final_summary();
     println!("\nsingle-iteration latency (µs)");
-    println!("{:<36} {:>10} {:>10}", "benchmark", "p50", "p99");
+    println!("{:<44} {:>10} {:>10}", "benchmark", "p50", "p99");
     for (name, (p50, p99)) in &tails {
-        println!("{name:<36} {p50:>10.1} {p99:>10.1}");
+        println!("{name:<44} {p50:>10.1} {p99:>10.1}");
     }
 }
