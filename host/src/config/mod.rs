@@ -3,7 +3,9 @@
 //! ([`JobConfig`]). [`parse`] is the only place that knows the file format; the types it
 //! fills belong to the modules that use them, so nothing below the file depends on it.
 
+mod blocks;
 mod parse;
+mod raw;
 
 pub use parse::ConfigError;
 

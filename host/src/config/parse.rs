@@ -6,17 +6,17 @@
 //! says can make a run panic or misbehave later (the ranges are listed in SECURITY.md).
 //! Loading is linear in the file's size (BENCHMARKS.md has the figures).
 
+use super::blocks::{head_of_blocks, job_block, job_blocks};
+use super::raw::{RawAdmin, RawConfig, RawDaemon, RawJob, RawLimits, RawSize, RawStore};
 use super::{Config, DEFAULT_PG_KEY_FILE, DEFAULT_STORE};
 use crate::admin::{self, AdminConfig};
 use crate::daemon::DaemonConfig;
 use crate::egress::Origin;
-use crate::job::{ClientAuth, DEFAULT_RUN_TIMEOUT, JobConfig, WasiVersion};
+use crate::job::{DEFAULT_RUN_TIMEOUT, JobConfig, WasiVersion};
 use crate::limits::RunLimits;
 use crate::schedule::Schedule;
-use crate::secrets::SecretRoles;
 use crate::store::KeySource;
 use crate::store::{StoreBackend, StoreConfig};
-use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::ops::{Range, RangeInclusive};
@@ -70,101 +70,6 @@ fn hint(_path: &Path, e: &std::io::Error) -> String {
     } else {
         String::new()
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    wasi: Option<Spanned<String>>,
-    store: Option<RawStore>,
-    admin: Option<RawAdmin>,
-    daemon: Option<RawDaemon>,
-    limits: Option<RawLimits>,
-    #[serde(default)]
-    jobs: Vec<Spanned<RawJob>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStore {
-    path: Option<Spanned<PathBuf>>,
-    url: Option<Spanned<String>>,
-    key_file: Option<Spanned<PathBuf>>,
-    lease_ttl: Option<Spanned<String>>,
-    poll_interval: Option<Spanned<String>>,
-    pool_size: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAdmin {
-    listen: Option<Spanned<String>>,
-    token_secret: Option<Spanned<String>>,
-    max_connections: Option<Spanned<i64>>,
-    header_timeout: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDaemon {
-    max_concurrent_runs: Option<Spanned<i64>>,
-    shutdown_grace: Option<Spanned<String>>,
-    refresh_lead: Option<Spanned<String>>,
-    retry_initial: Option<Spanned<String>>,
-    retry_max: Option<Spanned<String>>,
-    permanent_retry_initial: Option<Spanned<String>>,
-    permanent_retry_max: Option<Spanned<String>>,
-    throttle_default: Option<Spanned<String>>,
-    max_retry_after: Option<Spanned<String>>,
-    min_interval: Option<Spanned<String>>,
-    per_job_metrics: Option<bool>,
-}
-
-/// A size: bytes as a number, or text such as `"64 MiB"`.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawSize {
-    Bytes(i64),
-    Text(String),
-}
-
-/// `[limits]` or `[jobs.limits]` as written; every key optional.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    max_memory: Option<Spanned<RawSize>>,
-    max_table_elements: Option<Spanned<i64>>,
-    connect_timeout: Option<Spanned<String>>,
-    first_byte_timeout: Option<Spanned<String>>,
-    between_bytes_timeout: Option<Spanned<String>>,
-    max_response_body: Option<Spanned<RawSize>>,
-    max_response_headers: Option<Spanned<i64>>,
-    max_response_header_bytes: Option<Spanned<RawSize>>,
-    max_resources: Option<Spanned<i64>>,
-    max_output_bytes: Option<Spanned<RawSize>>,
-    max_token_lifetime: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawJob {
-    name: Spanned<String>,
-    #[serde(default)]
-    scope: String,
-    authority: Option<Spanned<String>>,
-    token_url: Option<Spanned<String>>,
-    #[serde(default)]
-    client_auth: ClientAuth,
-    allowed_hosts: Option<Vec<Spanned<String>>>,
-    #[serde(default)]
-    allow_insecure_http: bool,
-    schedule: Option<Spanned<String>>,
-    plugin: Option<PathBuf>,
-    secrets: Spanned<SecretRoles>,
-    token_params: Option<Spanned<BTreeMap<String, String>>>,
-    timeout: Option<Spanned<String>>,
-    wasi: Option<Spanned<String>>,
-    limits: Option<RawLimits>,
 }
 
 /// Reads (at most [`MAX_CONFIG_BYTES`]) and validates a config file.
@@ -311,60 +216,6 @@ fn ms(m: u64) -> Duration {
 const MIN: u64 = 60;
 const HOUR: u64 = 3600;
 const DAY: u64 = 24 * HOUR;
-
-/// The jobs' table header, `[[jobs]]` (spaces allowed inside the brackets), starting a
-/// line.
-fn is_jobs_header(line: &str) -> bool {
-    line.trim_start()
-        .strip_prefix("[[")
-        .and_then(|rest| rest.split_once("]]"))
-        .is_some_and(|(name, after)| {
-            name.trim() == "jobs" && {
-                let after = after.trim_start();
-                after.is_empty() || after.starts_with('#')
-            }
-        })
-}
-
-/// A job block parsed on its own.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawJobBlock {
-    jobs: Vec<Spanned<RawJob>>,
-}
-
-/// The offsets of the file's `[[jobs]]` lines.
-fn job_blocks(text: &str) -> Vec<usize> {
-    let mut starts = Vec::new();
-    let mut offset = 0;
-    for line in text.split_inclusive('\n') {
-        if is_jobs_header(line) {
-            starts.push(offset);
-        }
-        offset += line.len();
-    }
-    starts
-}
-
-/// The file's head (everything before the first `[[jobs]]` line) when every `[[jobs]]`
-/// block parses on its own as exactly one job: then the jobs are read block by block (a
-/// TOML document tree of a whole file with 100,000 jobs takes about 300 MiB while it
-/// lives; block by block it takes kilobytes). `None` when the file does not split cleanly
-/// (another table after the jobs, a `[[jobs]]` line inside a multi-line string, any
-/// error): then the whole file is parsed at once, which also gives TOML's own messages.
-fn head_of_blocks(text: &str, starts: &[usize]) -> Option<RawConfig> {
-    let first = *starts.first()?;
-    let head: RawConfig = toml::from_str(&text[..first]).ok()?;
-    head.jobs.is_empty().then_some(head)
-}
-
-/// Job block `i` of `starts`, parsed on its own.
-fn job_block(text: &str, starts: &[usize], i: usize) -> Option<Spanned<RawJob>> {
-    let end = starts.get(i + 1).copied().unwrap_or(text.len());
-    let block: RawJobBlock = toml::from_str(&text[starts[i]..end]).ok()?;
-    let [job]: [Spanned<RawJob>; 1] = block.jobs.try_into().ok()?;
-    Some(job)
-}
 
 /// Parses config text as if read from `path`.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
@@ -945,6 +796,7 @@ fn job_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::ClientAuth;
 
     const GOOD: &str = r#"
 [store]
@@ -1264,8 +1116,11 @@ access_token = "token"
         let c = parse(&tricky).unwrap();
         assert_eq!(c.jobs.len(), 3);
         assert_eq!(c.jobs[0].token_params["note"], "[[jobs]]\n");
-        assert!(is_jobs_header("  [[ jobs ]]  # the first job\n"));
-        assert!(!is_jobs_header("[[jobs.limits]]\n") && !is_jobs_header("x = \"[[jobs]]\""));
+        assert!(super::super::blocks::is_jobs_header(
+            "  [[ jobs ]]  # the first job\n"
+        ));
+        assert!(!super::super::blocks::is_jobs_header("[[jobs.limits]]\n"));
+        assert!(!super::super::blocks::is_jobs_header("x = \"[[jobs]]\""));
     }
 
     proptest::proptest! {

@@ -25,21 +25,24 @@
 pub(crate) mod metrics;
 mod record;
 mod run;
+mod settings;
+mod status;
 
 pub use record::{ErrorRecord, RunRecord, Trigger};
 pub(crate) use run::{Attempt, Leasing, Ran};
+pub(crate) use settings::owner_name;
+pub use settings::{Coordination, DaemonConfig};
+pub use status::{JobStatus, RunEvent, TriggerError};
 
 use run::panic_text;
 
 use crate::job::JobConfig;
 use crate::runtime::Runtime;
 use crate::schedule::{self, Failure, Policy, TokenState};
-use crate::store::StoreConfig;
 use crate::store::{JobRow, LeaseMode, Member, SecretStore, StoreError};
 use crate::time;
 use futures_util::FutureExt as _;
 use metrics::Metrics;
-use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::panic::AssertUnwindSafe;
@@ -47,144 +50,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio::task::JoinSet;
-
-/// The daemon's scheduling policy and limits (`[daemon]`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DaemonConfig {
-    /// Runs in flight at once across all jobs.
-    pub max_concurrent_runs: usize,
-    /// How long a stopping daemon lets runs in flight finish.
-    pub shutdown_grace: Duration,
-    /// Refresh timing and retry backoff.
-    pub policy: Policy,
-    /// Whether `/metrics` has series per job (else totals only, for many thousands of jobs).
-    pub per_job_metrics: bool,
-}
-
-impl Default for DaemonConfig {
-    fn default() -> Self {
-        Self {
-            max_concurrent_runs: 16,
-            shutdown_grace: Duration::from_secs(30),
-            policy: Policy::default(),
-            per_job_metrics: true,
-        }
-    }
-}
-
-/// How this daemon shares a store with others.
-#[derive(Clone, Debug)]
-pub struct Coordination {
-    /// This process's name as a lease holder and member (`host/pid/nonce`).
-    pub owner: String,
-    /// Lease lifetime.
-    pub lease_ttl: Duration,
-    /// How often the store is asked what others wrote.
-    pub poll_interval: Duration,
-}
-
-impl Coordination {
-    /// The coordination settings of `[store]`, with a fresh owner name.
-    pub fn of(store: &StoreConfig) -> Self {
-        Self {
-            owner: owner_name(),
-            lease_ttl: store.lease_ttl,
-            poll_interval: store.poll_interval,
-        }
-    }
-
-    /// How long a lower-ranked daemon waits after a job's due time before trying it.
-    fn handoff(&self) -> Duration {
-        (self.poll_interval * 2).max(Duration::from_secs(2))
-    }
-
-    fn heartbeat(&self) -> Duration {
-        self.poll_interval.max(Duration::from_secs(2))
-    }
-}
-
-impl Default for Coordination {
-    fn default() -> Self {
-        Self::of(&StoreConfig::sqlite(std::path::PathBuf::new()))
-    }
-}
-
-/// `host/pid/nonce`: unique among processes, readable in `/jobs`.
-pub(crate) fn owner_name() -> String {
-    let host = rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned();
-    format!(
-        "{}/{}/{:04x}",
-        crate::text::clean(&host, 64),
-        std::process::id(),
-        fastrand::u16(..)
-    )
-}
-
-/// A job as the admin API reports it.
-#[derive(Clone, Debug, Serialize)]
-pub struct JobStatus {
-    /// Job name.
-    pub name: String,
-    /// Its schedule, as configured.
-    pub schedule: String,
-    /// Store name of its token.
-    pub token_secret: String,
-    /// Whether a run is in flight in this daemon.
-    pub running: bool,
-    /// Unix seconds at which the stored token expires, when known.
-    pub token_expires_at: Option<u64>,
-    /// Seconds the stored token has left (negative: expired).
-    pub token_expires_in_seconds: Option<i64>,
-    /// Unix seconds of the next run this daemon plans.
-    pub next_run_at: u64,
-    /// Failed runs since the last success.
-    pub consecutive_failures: u32,
-    /// Runs by this daemon since it started.
-    pub runs: u64,
-    /// The last run, by whichever process ran it.
-    pub last_run: Option<RunRecord>,
-    /// Who holds the job's lease now (a run in flight somewhere).
-    pub lease_holder: Option<String>,
-    /// Unix milliseconds until which the lease is held.
-    pub lease_until_ms: Option<u64>,
-}
-
-/// Published after every run of this daemon, for the demo, tests and embedders.
-#[derive(Clone, Debug)]
-pub struct RunEvent {
-    /// Job name.
-    pub job: String,
-    /// The run.
-    pub record: RunRecord,
-    /// When the job runs next.
-    pub next_run_at: SystemTime,
-    /// Failed runs since the last success.
-    pub consecutive_failures: u32,
-    /// Expiry of the stored token, Unix seconds.
-    pub token_expires_at: Option<u64>,
-}
-
-/// `POST /jobs/{name}/refresh` could not run the job.
-#[derive(Debug, thiserror::Error)]
-pub enum TriggerError {
-    /// No such job.
-    #[error("no job named `{0}`")]
-    UnknownJob(String),
-    /// The daemon is stopping.
-    #[error("the daemon is shutting down")]
-    ShuttingDown,
-    /// Another process is running the job and did not finish within the wait.
-    #[error("job `{job}` is running in {holder}, which did not finish in time")]
-    Busy {
-        /// The job.
-        job: String,
-        /// Who holds its lease.
-        holder: String,
-    },
-}
 
 struct JobState {
     token: Option<TokenState>,

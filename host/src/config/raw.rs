@@ -1,0 +1,112 @@
+//! The file format as written: the structs serde reads `tokenwarden.toml` into, every key
+//! optional and spanned so that an error can name its line. [`super::parse`] checks them
+//! and builds the capability types.
+
+use crate::job::ClientAuth;
+use crate::secrets::SecretRoles;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use toml::Spanned;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) wasi: Option<Spanned<String>>,
+    pub(super) store: Option<RawStore>,
+    pub(super) admin: Option<RawAdmin>,
+    pub(super) daemon: Option<RawDaemon>,
+    pub(super) limits: Option<RawLimits>,
+    #[serde(default)]
+    pub(super) jobs: Vec<Spanned<RawJob>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    pub(super) path: Option<Spanned<PathBuf>>,
+    pub(super) url: Option<Spanned<String>>,
+    pub(super) key_file: Option<Spanned<PathBuf>>,
+    pub(super) lease_ttl: Option<Spanned<String>>,
+    pub(super) poll_interval: Option<Spanned<String>>,
+    pub(super) pool_size: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub(super) listen: Option<Spanned<String>>,
+    pub(super) token_secret: Option<Spanned<String>>,
+    pub(super) max_connections: Option<Spanned<i64>>,
+    pub(super) header_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDaemon {
+    pub(super) max_concurrent_runs: Option<Spanned<i64>>,
+    pub(super) shutdown_grace: Option<Spanned<String>>,
+    pub(super) refresh_lead: Option<Spanned<String>>,
+    pub(super) retry_initial: Option<Spanned<String>>,
+    pub(super) retry_max: Option<Spanned<String>>,
+    pub(super) permanent_retry_initial: Option<Spanned<String>>,
+    pub(super) permanent_retry_max: Option<Spanned<String>>,
+    pub(super) throttle_default: Option<Spanned<String>>,
+    pub(super) max_retry_after: Option<Spanned<String>>,
+    pub(super) min_interval: Option<Spanned<String>>,
+    pub(super) per_job_metrics: Option<bool>,
+}
+
+/// A size: bytes as a number, or text such as `"64 MiB"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawSize {
+    Bytes(i64),
+    Text(String),
+}
+
+/// `[limits]` or `[jobs.limits]` as written; every key optional.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub(super) max_memory: Option<Spanned<RawSize>>,
+    pub(super) max_table_elements: Option<Spanned<i64>>,
+    pub(super) connect_timeout: Option<Spanned<String>>,
+    pub(super) first_byte_timeout: Option<Spanned<String>>,
+    pub(super) between_bytes_timeout: Option<Spanned<String>>,
+    pub(super) max_response_body: Option<Spanned<RawSize>>,
+    pub(super) max_response_headers: Option<Spanned<i64>>,
+    pub(super) max_response_header_bytes: Option<Spanned<RawSize>>,
+    pub(super) max_resources: Option<Spanned<i64>>,
+    pub(super) max_output_bytes: Option<Spanned<RawSize>>,
+    pub(super) max_token_lifetime: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawJob {
+    pub(super) name: Spanned<String>,
+    #[serde(default)]
+    pub(super) scope: String,
+    pub(super) authority: Option<Spanned<String>>,
+    pub(super) token_url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) client_auth: ClientAuth,
+    pub(super) allowed_hosts: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub(super) allow_insecure_http: bool,
+    pub(super) schedule: Option<Spanned<String>>,
+    pub(super) plugin: Option<PathBuf>,
+    pub(super) secrets: Spanned<SecretRoles>,
+    pub(super) token_params: Option<Spanned<BTreeMap<String, String>>>,
+    pub(super) timeout: Option<Spanned<String>>,
+    pub(super) wasi: Option<Spanned<String>>,
+    pub(super) limits: Option<RawLimits>,
+}
+
+/// A job block parsed on its own.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawJobBlock {
+    pub(super) jobs: Vec<Spanned<RawJob>>,
+}
