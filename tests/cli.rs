@@ -540,6 +540,24 @@ async fn the_local_walk_through_works_from_an_empty_folder() {
     );
     assert_eq!(job["secrets"][1]["name"], "Microsoft Client Secret");
     assert_eq!(job["secrets"][1]["set"], true);
+    // Which WASI each job runs in, and a bad engine-wide choice is a usage error (exit 2).
+    assert_eq!(job["wasi"], tokenwarden_tests::wasi().as_str());
+    for bad in ["0.4", " "] {
+        let o = tokio::process::Command::new(BIN)
+            .args(["config", "check"])
+            .current_dir(dir.path())
+            .env_remove("TOKENWARDEN_CONFIG")
+            .env("TOKENWARDEN_WASI", bad)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(code(&o), 2, "{}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains("TOKENWARDEN_WASI"),
+            "{}",
+            text(&o.stderr)
+        );
+    }
 
     let o = run(&["refresh", "graph"], None).await;
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));

@@ -615,4 +615,18 @@ async fn a_job_chooses_its_wasi_version_and_a_runtime_without_0_3_refuses_it() {
     assert!(matches!(e, RunError::Config(_)), "{e}");
     assert!(e.to_string().contains("WASI 0.3"), "{e}");
     assert_eq!(emu.state.stats().token_requests, before);
+    // A custom plugin built for 0.3 says what to do on such an engine.
+    let file = f.dir.path().join("p3.wasm");
+    std::fs::write(&file, tokenwarden::BUILTIN_COMPONENT_P3).unwrap();
+    job.wasi = None;
+    job.plugin = Some(file);
+    let e = p2_only.run(&job, f.dyn_store()).await.unwrap_err();
+    assert!(e.to_string().contains("set `wasi = \"0.3\"`"), "{e}");
+    // With 0.3 allowed, its export decides.
+    f.set(CLIENT_SECRET, emulator::DEMO_CLIENT_SECRET).await;
+    assert_eq!(
+        both.run(&job, f.dyn_store()).await.unwrap().wasi,
+        tokenwarden::WasiVersion::P3
+    );
+    assert_eq!(emu.state.stats().token_requests, before + 1);
 }

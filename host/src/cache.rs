@@ -6,8 +6,9 @@
 //! (`Component::serialize`). Before use an entry must be a regular file (not a symlink)
 //! owned by this user, readable by nobody else, in a folder only this user can enter, and
 //! its digest must match: loading compiled code is trusted like loading a library, so a
-//! file anyone else could have written, or a torn one, is rebuilt instead. Entries of other
-//! engine builds are removed when a new one is written.
+//! file anyone else could have written, or a torn one, is rebuilt instead. When an entry is
+//! written, only the newest [`MAX_ENTRIES`] are kept: entries of an old wasmtime go, while
+//! the engines in use side by side (with and without WASI 0.3) keep theirs.
 
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
@@ -16,6 +17,10 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::Component;
+
+/// Entries kept: two engines (WASI 0.3 off and on) times a few components, with room for
+/// custom plugins.
+pub const MAX_ENTRIES: usize = 8;
 
 /// How a component was obtained.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,7 +104,7 @@ impl CompileCache {
             Err(reason) => Some(reason),
         };
         let component = Component::new(engine, wasm)?;
-        if let Err(e) = self.store(engine, &entry, &component) {
+        if let Err(e) = self.store(&entry, &component) {
             tracing::warn!(cache = %self.dir.display(), error = %e, "cannot write the compiled-component cache");
         }
         let outcome = match refused {
@@ -140,7 +145,7 @@ impl CompileCache {
         Ok(Some(bytes[32..].to_vec()))
     }
 
-    fn store(&self, engine: &Engine, entry: &Path, component: &Component) -> std::io::Result<()> {
+    fn store(&self, entry: &Path, component: &Component) -> std::io::Result<()> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -160,13 +165,16 @@ impl CompileCache {
         drop(file);
         // Atomic: readers see the old entry, no entry, or the whole new one.
         std::fs::rename(&tmp, entry)?;
-        // Entries of other engine builds can never be used again.
-        let tag = format!("{}-", Self::engine_tag(engine));
-        for old in std::fs::read_dir(&self.dir)?.flatten() {
-            let name = old.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".cwasm") && !name.starts_with(&tag) {
-                let _ = std::fs::remove_file(old.path());
-            }
+        // The newest entries stay; an old wasmtime's (which can never load again) and those
+        // no engine wrote for a long time go.
+        let mut entries: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&self.dir)?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        entries.sort_by_key(|e| std::cmp::Reverse(e.0));
+        for (_, old) in entries.iter().skip(MAX_ENTRIES) {
+            let _ = std::fs::remove_file(old);
         }
         Ok(())
     }
@@ -238,13 +246,31 @@ mod tests {
     }
 
     #[test]
-    fn stale_engine_entries_are_removed() {
+    fn only_the_newest_entries_are_kept_whatever_their_engine() {
         let dir = tempfile::tempdir().unwrap();
         let cache = CompileCache::new(dir.path());
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-        let stale = dir.path().join("0000000000000000-abc.cwasm");
-        std::fs::write(&stale, b"old").unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        let now = std::time::SystemTime::now();
+        // Another engine's recent entry (WASI 0.3 on, say) and older ones of old builds.
+        let entry = |name: &str, age: u32| {
+            let path = dir.path().join(name);
+            let f = std::fs::File::create(&path).unwrap();
+            f.set_modified(now - hour * age).unwrap();
+            path
+        };
+        let recent = entry("1111111111111111-abc.cwasm", 1);
+        let old: Vec<_> = (0..MAX_ENTRIES)
+            .map(|i| entry(&format!("0000000000000000-{i}.cwasm"), 10 + i as u32))
+            .collect();
         cache.load(&engine(), BUILTIN_COMPONENT).unwrap();
-        assert!(!stale.exists());
+        assert!(recent.exists(), "a recent entry of another engine is kept");
+        let kept = old.iter().filter(|p| p.exists()).count();
+        assert_eq!(
+            kept,
+            MAX_ENTRIES - 2,
+            "the new entry and the recent one, then the newest old"
+        );
+        assert!(!old[MAX_ENTRIES - 1].exists() && old[0].exists());
     }
 }

@@ -2,7 +2,7 @@
 //! Microsoft identity platform's extras. Transport-agnostic: it builds a request description
 //! and parses status, headers and body, so it is tested natively.
 
-use serde_json::{Map, Value};
+use miniserde::json::{Number, Object, Value};
 
 pub use tokenwarden_contract::entra::DEFAULT_AUTHORITY;
 pub use tokenwarden_contract::{ClientAuth, Error, OAuthError, Outcome};
@@ -294,30 +294,30 @@ pub struct Token {
     pub outcome: Outcome,
 }
 
-// Replies are read through `serde_json::Value` rather than derived structs: one generic
-// parser instead of a monomorphised one per shape keeps the component small.
+// Replies are read through miniserde's `Value` rather than serde_json or derived structs:
+// one small, non-recursive generic parser keeps the component within its size budget.
+
+/// `body` as a JSON value; `None` when it is not UTF-8 JSON.
+fn json(body: &[u8]) -> Option<Value> {
+    miniserde::json::from_str(std::str::from_utf8(body).ok()?).ok()
+}
 
 /// `field` as whole seconds: a number, or a numeric string as some servers send (`"3599"`).
-fn seconds(obj: &Map<String, Value>, field: &str) -> Result<Option<u64>, Error> {
+fn seconds(obj: &Object, field: &str) -> Result<Option<u64>, Error> {
     let bad = || Error::InvalidResponse(format!("`{field}` is not a number of seconds"));
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .or_else(|| {
-                n.as_f64()
-                    .filter(|f| f.is_finite() && *f >= 0.0)
-                    .map(|f| f as u64)
-            })
-            .map(Some)
-            .ok_or_else(bad),
+        Some(Value::Number(Number::U64(n))) => Ok(Some(*n)),
+        // Saturating: a float beyond u64 is as far away as it can be.
+        Some(Value::Number(Number::F64(f))) if f.is_finite() && *f >= 0.0 => Ok(Some(*f as u64)),
+        Some(Value::Number(_)) => Err(bad()),
         Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| bad()),
         Some(_) => Err(bad()),
     }
 }
 
 /// `field` as text; absent or null is `None`, another type an error.
-fn text(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, Error> {
+fn text(obj: &Object, field: &str) -> Result<Option<String>, Error> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -327,7 +327,7 @@ fn text(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, Error> 
 
 /// An OAuth error body (RFC 6749 §5.2, with Entra's extra fields), when the reply is one.
 fn oauth_error(status: u16, body: &[u8]) -> Option<OAuthError> {
-    let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
+    let Some(Value::Object(obj)) = json(body) else {
         return None;
     };
     let error = text(&obj, "error").ok()??;
@@ -339,7 +339,10 @@ fn oauth_error(status: u16, body: &[u8]) -> Option<OAuthError> {
     let error_codes = match obj.get("error_codes") {
         Some(Value::Array(codes)) => codes
             .iter()
-            .filter_map(|c| u32::try_from(c.as_u64()?).ok())
+            .filter_map(|c| match c {
+                Value::Number(Number::U64(n)) => u32::try_from(*n).ok(),
+                _ => None,
+            })
             .collect(),
         _ => Vec::new(),
     };
@@ -429,17 +432,10 @@ pub fn parse_reply(reply: &HttpReply, now: u64) -> Result<Token, Error> {
 
 fn parse_success(body: &[u8], status: u16, now: u64) -> Result<Token, Error> {
     // Never quote the body: it may hold the token.
-    let parsed: Value = serde_json::from_slice(body).map_err(|e| {
+    let parsed = json(body).ok_or_else(|| {
         Error::InvalidResponse(format!(
-            "HTTP {status} reply is not a JSON token response ({} at line {}, column {})",
-            match e.classify() {
-                serde_json::error::Category::Io => "I/O error",
-                serde_json::error::Category::Syntax => "syntax error",
-                serde_json::error::Category::Data => "unexpected field type",
-                serde_json::error::Category::Eof => "truncated",
-            },
-            e.line(),
-            e.column()
+            "HTTP {status} reply is not a JSON token response ({} bytes that do not parse as UTF-8 JSON)",
+            body.len()
         ))
     })?;
     let Value::Object(obj) = parsed else {

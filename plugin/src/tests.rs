@@ -504,3 +504,106 @@ proptest::proptest! {
         proptest::prop_assert_eq!(ours, base64::engine::general_purpose::STANDARD.encode(&bytes));
     }
 }
+
+/// A JSON value of any type, nested a little, strings with escapes and any characters.
+fn any_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<u64>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        (-1e300f64..1e300).prop_map(serde_json::Value::from),
+        "\\PC{0,20}".prop_map(serde_json::Value::from),
+        "[\"\\\\/\u{1}-\u{1f}\u{7f}\u{2028}é😀]{0,8}".prop_map(serde_json::Value::from),
+    ];
+    leaf.prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+            proptest::collection::btree_map("[a-z_]{1,12}", inner, 0..4)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// What the reply parser must read from `v`, by serde_json (the reference): the token, its
+/// type, `expires_in` and the OAuth error's code and codes.
+fn reference(v: &serde_json::Value) -> (Option<String>, Option<String>, Option<Option<u64>>) {
+    let text = |f: &str| v.get(f).and_then(|x| x.as_str()).map(str::to_string);
+    let secs = match v.get("expires_in") {
+        None | Some(serde_json::Value::Null) => Some(None),
+        Some(serde_json::Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+            .map(Some),
+        Some(serde_json::Value::String(s)) => s.trim().parse().ok().map(Some),
+        Some(_) => None,
+    };
+    (text("access_token"), text("token_type"), secs)
+}
+
+use proptest::strategy::Strategy as _;
+
+proptest::proptest! {
+    /// The reply parser reads what serde_json reads: the same token, token type and expiry
+    /// from any object, whatever else it holds, at any whitespace and key order.
+    #[test]
+    fn replies_read_as_serde_json_reads_them(
+        extra in proptest::collection::btree_map("[a-z_]{1,14}", any_json(), 0..6),
+        token in proptest::option::of(proptest::prop_oneof![
+            3 => "\\PC{0,40}".prop_map(serde_json::Value::from),
+            1 => any_json(),
+        ]),
+        token_type in proptest::option::of(proptest::prop_oneof![
+            3 => "[A-Za-z]{0,8}".prop_map(serde_json::Value::from),
+            1 => any_json(),
+        ]),
+        expires_in in proptest::option::of(proptest::prop_oneof![
+            3 => proptest::prelude::any::<u64>().prop_map(serde_json::Value::from),
+            1 => (0u64..100_000).prop_map(|n| serde_json::Value::from(format!(" {n}"))),
+            1 => (0f64..1e25).prop_map(serde_json::Value::from),
+            1 => any_json(),
+        ]),
+        pretty in proptest::prelude::any::<bool>(),
+    ) {
+        let mut obj: serde_json::Map<String, serde_json::Value> = extra.into_iter().collect();
+        for (k, v) in [("access_token", token), ("token_type", token_type), ("expires_in", expires_in)] {
+            if let Some(v) = v {
+                obj.insert(k.into(), v);
+            }
+        }
+        let v = serde_json::Value::Object(obj);
+        let body = if pretty { serde_json::to_string_pretty(&v) } else { serde_json::to_string(&v) }.unwrap();
+        let got = parse_reply(&HttpReply { status: 200, retry_after: None, body: body.into_bytes() }, 0);
+        let (token, token_type, secs) = reference(&v);
+        let type_ok = !matches!(v.get("token_type"), Some(t) if !t.is_null() && !t.is_string());
+        match (&token, secs, type_ok) {
+            (Some(t), Some(secs), true) if !t.trim().is_empty() => {
+                let got = got.expect("a usable reply");
+                proptest::prop_assert_eq!(&got.access_token, t);
+                proptest::prop_assert_eq!(got.outcome.expires_in, secs);
+                let want = token_type.filter(|t| !t.is_empty()).unwrap_or_else(|| "Bearer".into());
+                proptest::prop_assert_eq!(got.outcome.token_type, want);
+            }
+            _ => proptest::prop_assert!(got.is_err(), "{:?}", v),
+        }
+    }
+
+    /// An error body's code and diagnostic codes are read as serde_json reads them.
+    #[test]
+    fn error_bodies_read_as_serde_json_reads_them(
+        code in "\\PC{1,30}",
+        codes in proptest::collection::vec(any_json(), 0..5),
+        description in proptest::option::of(any_json()),
+    ) {
+        let v = serde_json::json!({"error": code, "error_codes": codes, "error_description": description});
+        let body = serde_json::to_string(&v).unwrap().into_bytes();
+        let Err(Error::Rejected(e)) = parse_reply(&HttpReply { status: 400, retry_after: None, body }, 0) else {
+            return Err(proptest::test_runner::TestCaseError::fail("not read as an OAuth error"));
+        };
+        proptest::prop_assert_eq!(&e.error, &code);
+        let want: Vec<u32> = codes.iter().filter_map(|c| u32::try_from(c.as_u64()?).ok()).collect();
+        proptest::prop_assert_eq!(&e.error_codes, &want);
+        proptest::prop_assert_eq!(e.description.clone(), description.and_then(|d| d.as_str().map(str::to_string)));
+    }
+}

@@ -191,6 +191,7 @@ pub(super) async fn status(config_path: &Path, as_json: bool) -> anyhow::Result<
 /// Validates the config and shows what each job resolves to.
 pub(super) async fn check(config_path: &Path, as_json: bool) -> anyhow::Result<u8> {
     let config = Config::load(config_path)?;
+    let default_wasi = super::default_wasi(config.wasi)?;
     // Which bound secrets are set: read-only; a store not created yet holds none.
     let not_created =
         matches!(&config.store.backend, crate::store::StoreBackend::Sqlite(p) if !p.exists());
@@ -240,6 +241,7 @@ pub(super) async fn check(config_path: &Path, as_json: bool) -> anyhow::Result<u
                 "client_auth": format!("{:?}", job.client_auth),
                 "allowed_hosts": allowed,
                 "schedule": job.schedule.to_string(),
+                "wasi": job.wasi.unwrap_or(default_wasi).as_str(),
                 "timeout": crate::time::human(job.timeout),
                 "limits": {
                     "max_memory": job.limits.max_memory,
@@ -285,9 +287,10 @@ pub(super) async fn check(config_path: &Path, as_json: bool) -> anyhow::Result<u
         writeln!(out, "  allowed hosts   {}", hosts.join(", "))?;
         writeln!(
             out,
-            "  schedule        {}, timeout {}",
+            "  schedule        {}, timeout {}, WASI {}",
             j["schedule"].as_str().unwrap_or_default(),
-            j["timeout"].as_str().unwrap_or_default()
+            j["timeout"].as_str().unwrap_or_default(),
+            j["wasi"].as_str().unwrap_or_default()
         )?;
         let l = &j["limits"];
         writeln!(
