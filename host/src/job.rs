@@ -28,7 +28,23 @@ pub enum WasiVersion {
     P3,
 }
 
+/// Environment variable that sets the command line's [`crate::RuntimeOptions::wasi`] (`0.2`
+/// or `0.3`) over the config file's top-level `wasi`: a way to try 0.3 engine-wide.
+pub const WASI_ENV: &str = "TOKENWARDEN_WASI";
+
 impl WasiVersion {
+    /// The version [`WASI_ENV`] names; `None` when it is unset or empty, an error when it is
+    /// anything but `0.2` or `0.3` (including not UTF-8).
+    pub fn from_env() -> Result<Option<Self>, String> {
+        match std::env::var(WASI_ENV) {
+            Ok(v) if !v.is_empty() => v.parse().map(Some).map_err(|e| format!("{WASI_ENV}: {e}")),
+            Ok(_) | Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Err(format!(
+                "{WASI_ENV} is not UTF-8: expected \"0.2\" or \"0.3\""
+            )),
+        }
+    }
+
     /// As a config file writes it.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -58,11 +58,11 @@ pub use daemon::{
     Coordination, Daemon, DaemonConfig, JobStatus, RunEvent, RunRecord, Trigger, TriggerError,
 };
 pub use egress::{EgressPolicy, HttpLimits, NetTransport, Origin, Transport};
-pub use job::{ClientAuth, JobConfig, WasiVersion};
+pub use job::{ClientAuth, JobConfig, WASI_ENV, WasiVersion};
 pub use limits::RunLimits;
 pub use outcome::{OAuthError, Outcome, PluginError, Retry, RunError};
 pub use runtime::{
-    BUILTIN_COMPONENT, BUILTIN_COMPONENT_P3, Pooling, RunReport, Runtime, RuntimeOptions, WASI_ENV,
+    BUILTIN_COMPONENT, BUILTIN_COMPONENT_P3, Pooling, RunReport, Runtime, RuntimeOptions,
     WASMTIME_VERSION, builtin_component,
 };
 pub use schedule::{Policy, Schedule};

@@ -38,10 +38,6 @@ pub fn builtin_component(wasi: WasiVersion) -> &'static [u8] {
     }
 }
 
-/// Environment variable that sets the command line's [`RuntimeOptions::wasi`] (`0.2` or
-/// `0.3`) over the config file's top-level `wasi`: a way to try 0.3 engine-wide.
-pub const WASI_ENV: &str = "TOKENWARDEN_WASI";
-
 /// The wasmtime version this binary was built with.
 pub const WASMTIME_VERSION: &str = env!("TOKENWARDEN_WASMTIME_VERSION");
 

@@ -25,7 +25,7 @@ wit_bindgen::generate!({
     },
 });
 
-shell!();
+shell!(OutgoingRequest);
 
 fn now() -> u64 {
     wasip2::clocks::wall_clock::now().seconds
@@ -34,20 +34,9 @@ fn now() -> u64 {
 fn send(request: &HttpRequest) -> Result<HttpReply, oauth::Error> {
     let origin = request.endpoint.origin();
     let bad = |what: &str| oauth::Error::BadRequest(format!("{origin}: {what}"));
-    let entries: Vec<(String, Vec<u8>)> = request.headers.clone();
-    let headers = Fields::from_list(&entries).map_err(|_| bad("a header was refused"))?;
+    let headers = Fields::from_list(&request.headers).map_err(|_| bad("a header was refused"))?;
     let out = OutgoingRequest::new(headers);
-    out.set_method(&Method::Post).map_err(|_| bad("method"))?;
-    let scheme = if request.endpoint.https {
-        Scheme::Https
-    } else {
-        Scheme::Http
-    };
-    out.set_scheme(Some(&scheme)).map_err(|_| bad("scheme"))?;
-    out.set_authority(Some(&request.endpoint.authority))
-        .map_err(|_| bad("invalid authority"))?;
-    out.set_path_with_query(Some(&request.endpoint.path_and_query))
-        .map_err(|_| bad("invalid path"))?;
+    address(&out, request)?;
     let body = out.body().map_err(|_| bad("body taken twice"))?;
     let stream = body.write().map_err(|_| bad("body stream taken twice"))?;
     // The form is queued and the body finished before the request is handed over when the

@@ -21,7 +21,7 @@ wit_bindgen::generate!({
     generate_all,
 });
 
-shell!();
+shell!(Request);
 
 fn now() -> u64 {
     u64::try_from(wasi::clocks0_3_0::system_clock::now().seconds).unwrap_or(0)
@@ -66,17 +66,7 @@ async fn send_async(request: &HttpRequest) -> Result<HttpReply, oauth::Error> {
     let (trailers_tx, trailers_rx) =
         wit_future::new::<Result<Option<Trailers>, ErrorCode>>(|| Ok(None));
     let (out, _transmitted) = Request::new(headers, Some(body_rx), trailers_rx, None);
-    out.set_method(&Method::Post).map_err(|_| bad("method"))?;
-    let scheme = if request.endpoint.https {
-        Scheme::Https
-    } else {
-        Scheme::Http
-    };
-    out.set_scheme(Some(&scheme)).map_err(|_| bad("scheme"))?;
-    out.set_authority(Some(&request.endpoint.authority))
-        .map_err(|_| bad("invalid authority"))?;
-    out.set_path_with_query(Some(&request.endpoint.path_and_query))
-        .map_err(|_| bad("invalid path"))?;
+    address(&out, request)?;
     let body = request.body.clone();
     let write = async move {
         let unsent = body_tx.write_all(body).await;

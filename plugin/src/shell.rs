@@ -4,11 +4,31 @@
 //!
 //! A shell invoking [`shell!`] provides `fn send(&HttpRequest) -> Result<HttpReply,
 //! oauth::Error>`, `fn now() -> u64` and, in scope, its world's `action`, `Guest`,
-//! `secrets` and wasi:http `ErrorCode` and `Fields`.
+//! `secrets` and wasi:http `ErrorCode`, `Fields`, `Method` and `Scheme`; it names its
+//! outgoing request type.
 
 /// Expands the export, the error conversions and the [`crate::flow::Env`] of a shell.
 macro_rules! shell {
-    () => {
+    ($request:ty) => {
+        /// Sets method, scheme, authority and path of an outgoing request (`$request`, the
+        /// world's own type; the setters are the same in both).
+        fn address(out: &$request, request: &HttpRequest) -> Result<(), oauth::Error> {
+            let bad = |what: &str| {
+                oauth::Error::BadRequest(format!("{}: {what}", request.endpoint.origin()))
+            };
+            out.set_method(&Method::Post).map_err(|_| bad("method"))?;
+            let scheme = if request.endpoint.https {
+                Scheme::Https
+            } else {
+                Scheme::Http
+            };
+            out.set_scheme(Some(&scheme)).map_err(|_| bad("scheme"))?;
+            out.set_authority(Some(&request.endpoint.authority))
+                .map_err(|_| bad("invalid authority"))?;
+            out.set_path_with_query(Some(&request.endpoint.path_and_query))
+                .map_err(|_| bad("invalid path"))
+        }
+
         struct Component;
         export!(Component);
 

@@ -607,3 +607,25 @@ proptest::proptest! {
         proptest::prop_assert_eq!(e.description.clone(), description.and_then(|d| d.as_str().map(str::to_string)));
     }
 }
+
+/// `expires_in` at the edges: 0, 1, the largest u64, one past it, a float, out of any range,
+/// negative, and with a unit attached. Past u64 saturates (the host clamps it to
+/// `max_token_lifetime`); a number JSON cannot hold, a negative or a unit is refused.
+#[test]
+fn expires_in_at_the_edges() {
+    let secs = |v: &str| {
+        let body = format!(r#"{{"access_token":"t","expires_in":{v}}}"#);
+        parse_reply(&reply(200, &body), 0).map(|t| t.outcome.expires_in)
+    };
+    assert_eq!(secs("0").unwrap(), Some(0));
+    assert_eq!(secs("1").unwrap(), Some(1));
+    assert_eq!(secs("18446744073709551615").unwrap(), Some(u64::MAX));
+    assert_eq!(secs("18446744073709551616").unwrap(), Some(u64::MAX));
+    assert_eq!(secs("3599.9").unwrap(), Some(3599));
+    assert_eq!(secs("1e3").unwrap(), Some(1000));
+    assert_eq!(secs("null").unwrap(), None);
+    assert_eq!(secs("\"18446744073709551615\"").unwrap(), Some(u64::MAX));
+    for bad in ["-1", "-0.5", "1e400", "\"3599s\"", "\"1h\"", "\"18446744073709551616\"", "true"] {
+        assert!(secs(bad).is_err(), "{bad}");
+    }
+}

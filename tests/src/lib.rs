@@ -58,10 +58,9 @@ pub fn unpooled() -> RuntimeOptions {
 
 /// The WASI version this run of the suite tests: `$TOKENWARDEN_WASI`, else 0.2.
 pub fn wasi() -> tokenwarden::WasiVersion {
-    match std::env::var(tokenwarden::WASI_ENV) {
-        Ok(v) if !v.is_empty() => v.parse().expect("TOKENWARDEN_WASI is 0.2 or 0.3"),
-        _ => tokenwarden::WasiVersion::default(),
-    }
+    tokenwarden::WasiVersion::from_env()
+        .expect("TOKENWARDEN_WASI is 0.2 or 0.3")
+        .unwrap_or_default()
 }
 
 /// A temporary store holding the demo credentials.

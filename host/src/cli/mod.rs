@@ -426,16 +426,8 @@ fn runtime_options(config: &Config) -> anyhow::Result<RuntimeOptions> {
 /// `$TOKENWARDEN_WASI`, else `file` (a config's top-level `wasi`), else 0.2. A bad value is
 /// a usage error (exit 2), as the same value in the file is a configuration error.
 fn default_wasi(file: Option<crate::job::WasiVersion>) -> anyhow::Result<crate::job::WasiVersion> {
-    let env = crate::runtime::WASI_ENV;
-    match std::env::var(env) {
-        Ok(v) if !v.is_empty() => Ok(v
-            .parse()
-            .map_err(|e: String| Usage(format!("{env}: {e}")))?),
-        Ok(_) | Err(std::env::VarError::NotPresent) => Ok(file.unwrap_or_default()),
-        Err(std::env::VarError::NotUnicode(_)) => {
-            Err(Usage(format!("{env} is not UTF-8: expected \"0.2\" or \"0.3\"")).into())
-        }
-    }
+    let env = crate::job::WasiVersion::from_env().map_err(Usage)?;
+    Ok(env.or(file).unwrap_or_default())
 }
 
 async fn open_store(config: &Config, access: Access) -> anyhow::Result<Arc<dyn SecretStore>> {
