@@ -625,7 +625,15 @@ fn expires_in_at_the_edges() {
     assert_eq!(secs("1e3").unwrap(), Some(1000));
     assert_eq!(secs("null").unwrap(), None);
     assert_eq!(secs("\"18446744073709551615\"").unwrap(), Some(u64::MAX));
-    for bad in ["-1", "-0.5", "1e400", "\"3599s\"", "\"1h\"", "\"18446744073709551616\"", "true"] {
+    for bad in [
+        "-1",
+        "-0.5",
+        "1e400",
+        "\"3599s\"",
+        "\"1h\"",
+        "\"18446744073709551616\"",
+        "true",
+    ] {
         assert!(secs(bad).is_err(), "{bad}");
     }
 }
