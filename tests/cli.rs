@@ -364,6 +364,9 @@ async fn demo_runs_offline_and_tells_the_story() {
         "invalid_client (HTTP 401, AADSTS7000215), permanent",
         "the stored token was valid and accepted after every failure: yes",
         "GET /readyz: HTTP 200",
+        "(json, mode 0600): Bearer token",
+        "GET /v1.0/me with the sink's token: HTTP 200",
+        "GET /tokens/graph on ",
     ] {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
@@ -386,6 +389,8 @@ fn help_lists_the_contract_commands() {
         "secrets",
         "refresh",
         "run",
+        "token",
+        "exec",
         "emulator",
         "demo",
         "component",

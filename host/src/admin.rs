@@ -7,11 +7,7 @@
 //! and is then refused anywhere but loopback. Responses never contain a token or secret.
 //!
 //! The port is open to anyone who can reach it, so it must not be able to starve the
-//! refreshes: [`serve`] accepts at most `max_connections` at once (one over the cap is closed
-//! at once rather than left to queue), gives each request head `header_timeout` to arrive
-//! (which also bounds an idle keep-alive connection), caps a connection's life, and backs
-//! off instead of spinning when the process runs out of file descriptors. The cap is also
-//! kept to a quarter of the process's descriptor limit, so runs always have descriptors.
+//! refreshes: [`serve`] keeps it within [`AdminLimits`] ([`crate::listen`]).
 
 use crate::daemon::{Daemon, TriggerError};
 use crate::store::SecretStore;
@@ -79,55 +75,7 @@ pub async fn serve(
     limits: AdminLimits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let cap = limits
-        .max_connections
-        .min(crate::limits::descriptor_share(4))
-        .max(1);
-    if cap < limits.max_connections {
-        tracing::warn!(
-            configured = limits.max_connections,
-            serving = cap,
-            "admin max_connections lowered to a quarter of the process's file descriptor limit"
-        );
-    }
-    let slots = Arc::new(tokio::sync::Semaphore::new(cap));
-    let mut shutdown = std::pin::pin!(shutdown);
-    let mut starved_since: Option<std::time::Instant> = None;
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = &mut shutdown => return,
-        };
-        let (stream, _) = match accepted {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of descriptors (or a connection aborted while queued): wait a moment
-                // rather than spin on an accept that fails at once.
-                if starved_since.is_none() {
-                    tracing::warn!(error = %e, "admin API: cannot accept connections; backing off");
-                    starved_since = Some(std::time::Instant::now());
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        starved_since = None;
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            // Over the cap: closed now, so it neither queues nor holds a descriptor.
-            drop(stream);
-            continue;
-        };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .max_buf_size(16 * 1024)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(limits.max_connection_age, conn).await;
-        });
-    }
+    crate::listen::serve(listener, app, limits, "admin API", shutdown).await
 }
 
 #[derive(Clone)]

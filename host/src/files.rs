@@ -27,8 +27,15 @@ fn folder_of(path: &Path) -> &Path {
     }
 }
 
-/// Writes a complete temporary file beside `path` with `mode`, flushed to disk.
-fn staged(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<tempfile::NamedTempFile> {
+/// Writes a complete temporary file beside `path` with `mode` (and `owner`/`group` when
+/// given, set before a byte is written), flushed to disk.
+fn staged(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<u32>,
+    group: Option<u32>,
+) -> std::io::Result<tempfile::NamedTempFile> {
     let mut tmp = tempfile::Builder::new()
         .prefix(".tokenwarden-")
         .permissions(std::fs::Permissions::from_mode(mode))
@@ -36,6 +43,12 @@ fn staged(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<tempfile::Nam
     // The builder's mode is filtered by the umask; the final mode must be exact.
     tmp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    if owner.is_some() || group.is_some() {
+        std::os::unix::fs::fchown(tmp.as_file(), owner, group)?;
+        // chown clears set-id bits; the mode is set again so it is exact.
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     Ok(tmp)
@@ -47,7 +60,18 @@ fn sync_folder(path: &Path) -> std::io::Result<()> {
 
 /// Replaces `path` with `bytes` atomically (temporary file, fsync, rename, folder fsync).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let tmp = staged(path, bytes, mode)?;
+    write_atomic_owned(path, bytes, mode, None, None)
+}
+
+/// [`write_atomic`], with the file's owner and group set (`None` keeps the writer's).
+pub fn write_atomic_owned(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<u32>,
+    group: Option<u32>,
+) -> std::io::Result<()> {
+    let tmp = staged(path, bytes, mode, owner, group)?;
     tmp.persist(path).map_err(|e| e.error)?;
     sync_folder(path)
 }
@@ -56,7 +80,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
 /// linked into place, so a concurrent creator either wins with a whole file or finds one.
 /// Returns `false` when the file already existed (and leaves it untouched).
 pub fn create_exclusive(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<bool> {
-    let tmp = staged(path, bytes, mode)?;
+    let tmp = staged(path, bytes, mode, None, None)?;
     match std::fs::hard_link(tmp.path(), path) {
         Ok(()) => {
             sync_folder(path)?;

@@ -6,6 +6,8 @@ use crate::egress::Origin;
 use crate::limits::RunLimits;
 use crate::schedule::Schedule;
 use crate::secrets::SecretRoles;
+use crate::sink::{Action, Sink};
+use crate::socket::Consumers;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -108,6 +110,12 @@ pub struct JobConfig {
     pub timeout: Duration,
     /// Memory, HTTP and output limits for one run.
     pub limits: RunLimits,
+    /// Files the daemon writes the token to after every change.
+    pub sinks: Vec<Sink>,
+    /// What the daemon runs when the token changed (after the sinks are written).
+    pub on_change: Option<Action>,
+    /// Who may have the token from the daemon's token socket.
+    pub consumers: Consumers,
 }
 
 impl JobConfig {
@@ -128,6 +136,9 @@ impl JobConfig {
             token_params: BTreeMap::new(),
             timeout: DEFAULT_RUN_TIMEOUT,
             limits: RunLimits::default(),
+            sinks: Vec::new(),
+            on_change: None,
+            consumers: Consumers::default(),
         }
     }
 

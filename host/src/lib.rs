@@ -21,7 +21,9 @@
 //! each capability's settings; the [`Runtime`] runs a job's component with the
 //! [`secrets`] and [`egress`] capabilities; the component's results are the contract's
 //! [`Outcome`] and [`PluginError`]; the [`store`] keeps what it wrote. [`schedule`] holds the
-//! pure timing decisions the [`daemon`] applies, and [`admin`] serves its HTTP API;
+//! pure timing decisions the [`daemon`] applies, and [`admin`] serves its HTTP API; the
+//! daemon gets each new token to its consumers through [`sink`] files (and their on-change
+//! actions) and the [`socket`];
 //! [`emulator`] is an Entra-compatible token endpoint for tests and demos. The contract's
 //! names ([`role`], [`entra`]) come from the `tokenwarden-contract` crate the plugin shares.
 //! The command line (`cli`) is the binary's, not a library API: it lives behind the `cli`
@@ -40,11 +42,14 @@ pub mod emulator;
 mod files;
 mod job;
 mod limits;
+mod listen;
 mod outcome;
 mod redact;
 mod runtime;
 pub mod schedule;
 pub mod secrets;
+pub mod sink;
+pub mod socket;
 pub mod store;
 mod text;
 mod time;
@@ -55,7 +60,8 @@ pub use bindings::{Refresher, RefresherPre, action};
 pub use cache::{CacheOutcome, CompileCache};
 pub use config::{CONFIG_ENV, Config, ConfigError};
 pub use daemon::{
-    Coordination, Daemon, DaemonConfig, JobStatus, RunEvent, RunRecord, Trigger, TriggerError,
+    Coordination, CurrentToken, Daemon, DaemonConfig, DeliveryStatus, JobStatus, RunEvent,
+    RunRecord, Trigger, TriggerError,
 };
 pub use egress::{EgressPolicy, HttpLimits, NetTransport, Origin, Transport};
 pub use job::{ClientAuth, JobConfig, WASI_ENV, WasiVersion};
@@ -67,5 +73,7 @@ pub use runtime::{
 };
 pub use schedule::{Policy, Schedule};
 pub use secrets::{SecretRoles, SecretsCtx};
+pub use sink::{Action, Sink};
+pub use socket::{Consumers, SocketConfig};
 pub use store::{MemoryStore, PgStore, SecretStore, SqliteStore, StoreConfig, StoreError};
 pub use tokenwarden_contract::{entra, role};

@@ -1,5 +1,5 @@
-//! A minimal HTTP/1.1 client (hyper) for the admin API and the emulator: the demo and the
-//! tests use it; scripts would use curl.
+//! A minimal HTTP/1.1 client (hyper) for the admin API, the emulator and the token socket:
+//! the demo, `tokenwarden token`/`exec` and the tests use it; scripts would use curl.
 
 use http_body_util::BodyExt;
 use std::net::SocketAddr;
@@ -28,13 +28,29 @@ pub async fn request(
     bearer: Option<&str>,
 ) -> anyhow::Result<Reply> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
+    send(stream, &addr.to_string(), method, path, bearer).await
+}
+
+/// `GET path` on the Unix socket at `socket` (the token socket).
+pub async fn unix_get(socket: &std::path::Path, path: &str) -> anyhow::Result<Reply> {
+    let stream = tokio::net::UnixStream::connect(socket).await?;
+    send(stream, "localhost", http::Method::GET, path, None).await
+}
+
+async fn send(
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    host: &str,
+    method: http::Method,
+    path: &str,
+    bearer: Option<&str>,
+) -> anyhow::Result<Reply> {
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let mut req = http::Request::builder()
         .method(method)
         .uri(path)
-        .header(http::header::HOST, addr.to_string());
+        .header(http::header::HOST, host);
     if let Some(b) = bearer {
         req = req.header(http::header::AUTHORIZATION, format!("Bearer {b}"));
     }

@@ -78,6 +78,17 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
         },
     );
     job.authority = Some(emulator.authority());
+    // A consumer's view: a JSON sink file, and the token socket.
+    let sink_path = dir.path().join("graph-token.json");
+    job.sinks.push(crate::sink::Sink::new(
+        &sink_path,
+        crate::sink::Format::Json,
+    ));
+    let socket_config = crate::socket::SocketConfig {
+        path: dir.path().join("token.sock"),
+        mode: crate::socket::DEFAULT_MODE,
+        group: None,
+    };
     // Demo-sized timings: 10 s tokens, sub-second retries.
     let daemon_config = DaemonConfig {
         policy: Policy {
@@ -155,6 +166,14 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
     let mut events = daemon.subscribe();
     let app = admin::router(daemon.clone(), store_dyn, Some(ADMIN_TOKEN));
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let socket_server = crate::socket::bind(&socket_config).map(|l| {
+        tokio::spawn(crate::socket::serve(
+            l,
+            daemon.clone(),
+            crate::admin::AdminLimits::default(),
+            std::future::pending(),
+        ))
+    });
 
     let token = async || -> anyhow::Result<Option<SecretString>> {
         Ok(store.get(ACCESS_TOKEN).await?.map(|s| s.value))
@@ -253,8 +272,12 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
     let status = get(admin_addr, "/jobs/graph", Some(&admin_token))
         .await?
         .json();
+    let consumers = consumer_paths(&sink_path, &socket_config.path, &emulator).await;
     daemon.shutdown(Duration::from_secs(5)).await;
     server.abort();
+    if let Ok(s) = socket_server {
+        s.abort();
+    }
 
     writeln!(out, "\nResult")?;
     writeln!(
@@ -272,6 +295,13 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
     )?;
     writeln!(
         out,
+        "\nUsing the token (no store key needed; docs/consumers.md)"
+    )?;
+    for line in consumers {
+        writeln!(out, "  {line}")?;
+    }
+    writeln!(
+        out,
         "\n`tokenwarden secrets list` (names and dates, never values):"
     )?;
     for line in super::report::secrets_table(&store.list().await?, unix_now()).lines() {
@@ -282,6 +312,49 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
         "\nNext: write a tokenwarden.toml (README.md), store your app's credentials with\n`tokenwarden secrets set NAME` (value on stdin), and start `tokenwarden run`."
     )?;
     Ok(())
+}
+
+/// What a consumer gets: the sink file's token, used against the emulator's protected
+/// resource, and the same token from the token socket. Lines for the report.
+async fn consumer_paths(
+    sink: &std::path::Path,
+    socket: &std::path::Path,
+    emulator: &Emulator,
+) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut lines = Vec::new();
+    let file: serde_json::Value = std::fs::read(sink)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let mode = std::fs::metadata(sink).map_or(0, |m| m.mode() & 0o777);
+    let token = file["access_token"].as_str().unwrap_or_default();
+    lines.push(format!(
+        "sink file  {} (json, mode {mode:04o}): {} token, expires in {} s",
+        sink.display(),
+        file["token_type"].as_str().unwrap_or("no"),
+        file["expires_in"]
+    ));
+    let me = get(emulator.addr, "/v1.0/me", Some(token))
+        .await
+        .map_or(0, |r| r.status);
+    lines.push(format!(
+        "consumer   GET /v1.0/me with the sink's token: HTTP {me}"
+    ));
+    match super::client::unix_get(socket, "/tokens/graph").await {
+        Ok(r) => {
+            let v = r.json();
+            let same = v["access_token"].as_str() == Some(token);
+            lines.push(format!(
+                "socket     GET /tokens/graph on {}: HTTP {}, {} (what `tokenwarden token graph` prints)",
+                socket.display(),
+                r.status,
+                if same { "the same token" } else { "a newer token" }
+            ));
+        }
+        Err(e) => lines.push(format!("socket     not served here: {e}")),
+    }
+    lines
 }
 
 fn describe(e: &RunEvent, t: f32, accepted: bool) -> String {

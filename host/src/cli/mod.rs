@@ -5,9 +5,11 @@
 //! Exit codes, for scripts: 0 success; 1 unexpected failure; 2 usage or configuration
 //! error; 3 refresh failed, retryable (try again later); 4 refresh failed, permanent (fix
 //! credentials or configuration); 5 `secrets get`: no such secret. Secret values are read
-//! from stdin, never from argv, and only `secrets get` prints one.
+//! from stdin, never from argv; only `secrets get` prints one, and `token` prints a job's
+//! access token to a caller the daemon's token socket admits.
 
 pub mod client;
+mod consume;
 mod demo;
 mod jobs;
 mod report;
@@ -144,6 +146,27 @@ pub enum Command {
         /// Print the outcome as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// The config file.
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Print a job's current token, from the daemon's token socket (no store key needed).
+    Token {
+        /// The job.
+        job: String,
+        /// The token socket [default: the config's `[socket] path`].
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// The config file.
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Run a command with a job's token in its environment, from the daemon's token socket;
+    /// restart (or signal) it when the token changes; exit with its status.
+    Exec {
+        /// What to run and how.
+        #[command(flatten)]
+        args: consume::ExecArgs,
         /// The config file.
         #[command(flatten)]
         config: ConfigArg,
@@ -371,7 +394,7 @@ where
 fn init_logging(format: LogFormat, command: &Command) {
     // Servers log what they do; one-shot commands only trouble; the demo tells its own story.
     let default = match command {
-        Command::Run { .. } | Command::Emulator(_) => "info",
+        Command::Run { .. } | Command::Emulator(_) | Command::Exec { .. } => "info",
         Command::Demo => "off",
         _ => "warn",
     };
@@ -449,6 +472,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Refresh { job, json, config } => {
             jobs::refresh(&config_path(&top, &config), &job, json).await
+        }
+        Command::Token {
+            job,
+            socket,
+            config,
+        } => {
+            let socket = consume::socket_path(socket, &config_path(&top, &config))?;
+            consume::token(&job, &socket).await
+        }
+        Command::Exec { args, config } => {
+            let socket = consume::socket_path(args.socket.clone(), &config_path(&top, &config))?;
+            consume::exec(args, &socket).await
         }
         Command::Run { config } => serve::daemon(&config_path(&top, &config)).await,
         Command::Emulator(args) => serve::emulator(args).await,

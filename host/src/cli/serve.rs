@@ -65,6 +65,15 @@ pub(super) async fn daemon(config_path: &Path) -> anyhow::Result<u8> {
         .await
         .with_context(|| format!("cannot listen on {}", admin_cfg.listen))?;
     let admin_addr = listener.local_addr()?;
+    // Bound before the daemon starts, so a socket in use stops this process before it runs
+    // anything.
+    let token_socket = match &config.socket {
+        Some(s) => Some((
+            crate::socket::bind(s).map_err(|e| Usage(e.to_string()))?,
+            s.path.clone(),
+        )),
+        None => None,
+    };
     let coord = Coordination::of(&config.store);
     let jobs = std::mem::take(&mut config.jobs);
     let daemon = Daemon::start(jobs, &config.daemon, coord, runtime, store.clone()).await?;
@@ -77,6 +86,18 @@ pub(super) async fn daemon(config_path: &Path) -> anyhow::Result<u8> {
     let server = tokio::spawn(admin::serve(listener, app, admin_cfg.limits, async {
         let _ = admin_stopped.await;
     }));
+    let (stop_socket, socket_stopped) = tokio::sync::oneshot::channel::<()>();
+    let socket_server = token_socket.map(|(listener, path)| {
+        tracing::info!(socket = %path.display(), "token socket serving GET /tokens/{{job}}");
+        tokio::spawn(crate::socket::serve(
+            listener,
+            daemon.clone(),
+            admin_cfg.limits,
+            async {
+                let _ = socket_stopped.await;
+            },
+        ))
+    });
     tracing::info!(admin = %admin_addr, store = %store.describe(), owner = %daemon.owner(), "tokenwarden running");
     shutdown_signal().await;
     let grace = config.daemon.shutdown_grace;
@@ -85,8 +106,12 @@ pub(super) async fn daemon(config_path: &Path) -> anyhow::Result<u8> {
         "stopping: no new runs; waiting for runs in flight"
     );
     let _ = stop_admin.send(());
+    let _ = stop_socket.send(());
     let finished = daemon.shutdown(grace).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    if let Some(s) = socket_server {
+        let _ = tokio::time::timeout(Duration::from_secs(1), s).await;
+    }
     tracing::info!(all_runs_finished = finished, "stopped");
     Ok(exit::OK)
 }

@@ -4,6 +4,7 @@
 //! fills belong to the modules that use them, so nothing below the file depends on it.
 
 mod blocks;
+mod consumers;
 mod parse;
 mod raw;
 
@@ -12,6 +13,7 @@ pub use parse::ConfigError;
 use crate::admin::AdminConfig;
 use crate::daemon::DaemonConfig;
 use crate::job::{JobConfig, WasiVersion};
+use crate::socket::SocketConfig;
 use crate::store::StoreConfig;
 use std::path::{Path, PathBuf};
 
@@ -37,6 +39,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// The daemon's scheduling and limits.
     pub daemon: DaemonConfig,
+    /// The token socket (`[socket]`), when the daemon serves one.
+    pub socket: Option<SocketConfig>,
     /// The jobs, in file order.
     pub jobs: Vec<JobConfig>,
 }

@@ -118,7 +118,7 @@ impl Lines {
 }
 
 #[derive(Clone, Copy)]
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     path: &'a Path,
     lines: &'a Lines,
     /// Where in the file the text the spans point into begins (a job parsed on its own).
@@ -126,7 +126,7 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn invalid(&self, span: Range<usize>, message: String) -> ConfigError {
+    pub(super) fn invalid(&self, span: Range<usize>, message: String) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.to_path_buf(),
             line: self.lines.of(self.base + span.start),
@@ -135,7 +135,7 @@ impl Ctx<'_> {
     }
 
     /// A duration within `range`, e.g. `"10s"` or `"1h 30m"`.
-    fn duration(
+    pub(super) fn duration(
         &self,
         v: &Spanned<String>,
         key: &str,
@@ -266,6 +266,11 @@ fn parse_with(text: &str, path: &Path, blockwise: bool) -> Result<Config, Config
     let store = store(&cx, raw.store, base)?;
     let admin = admin(&cx, raw.admin)?;
     let daemon = daemon(&cx, raw.daemon)?;
+    let socket = raw
+        .socket
+        .as_ref()
+        .map(|s| super::consumers::socket(&cx, s, base))
+        .transpose()?;
     let wasi = raw
         .wasi
         .as_ref()
@@ -281,6 +286,8 @@ fn parse_with(text: &str, path: &Path, blockwise: bool) -> Result<Config, Config
     // overwrite another job's credentials (or the admin token).
     let mut writers: HashMap<String, (String, Range<usize>)> = HashMap::new();
     let mut readers: HashMap<String, String> = HashMap::new();
+    // Each sink file has one job: two writing it would overwrite each other's token.
+    let mut sink_paths: HashMap<PathBuf, String> = HashMap::new();
     if let Some(t) = &admin.token_secret {
         readers.insert(t.clone(), "the admin API (`admin.token_secret`)".into());
     }
@@ -317,6 +324,18 @@ fn parse_with(text: &str, path: &Path, blockwise: bool) -> Result<Config, Config
                 ),
             ));
         }
+        for sink in &config.sinks {
+            if let Some(other) = sink_paths.insert(sink.path.clone(), config.name.clone()) {
+                return Err(cx.invalid(
+                    span,
+                    format!(
+                        "job `{}`: sink {} is also a sink of job `{other}`; each file needs one writer",
+                        config.name,
+                        sink.path.display()
+                    ),
+                ));
+            }
+        }
         writers.insert(token, (config.name.clone(), span));
         jobs.push(config);
     }
@@ -336,6 +355,7 @@ fn parse_with(text: &str, path: &Path, blockwise: bool) -> Result<Config, Config
         store,
         admin,
         daemon,
+        socket,
         jobs,
     })
 }
@@ -775,6 +795,23 @@ fn job_config(
         .as_ref()
         .map(|w| wasi_version(cx, w, &format!("jobs.{name}.wasi")))
         .transpose()?;
+    let sinks = j
+        .sinks
+        .iter()
+        .enumerate()
+        .map(|(k, s)| super::consumers::sink(cx, s, &format!("jobs.{name}.sinks[{k}]"), base))
+        .collect::<Result<Vec<_>, _>>()?;
+    let on_change = j
+        .on_change
+        .as_ref()
+        .map(|a| super::consumers::on_change(cx, a, &format!("jobs.{name}.on_change"), base))
+        .transpose()?;
+    let consumers = j
+        .consumers
+        .as_ref()
+        .map(|c| super::consumers::consumers(cx, c, &format!("jobs.{name}.consumers")))
+        .transpose()?
+        .unwrap_or_default();
     Ok(JobConfig {
         name,
         scope: j.scope,
@@ -790,6 +827,9 @@ fn job_config(
         token_params: token_params.into_inner(),
         timeout,
         limits,
+        sinks,
+        on_change,
+        consumers,
     })
 }
 

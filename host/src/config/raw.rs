@@ -17,8 +17,69 @@ pub(super) struct RawConfig {
     pub(super) admin: Option<RawAdmin>,
     pub(super) daemon: Option<RawDaemon>,
     pub(super) limits: Option<RawLimits>,
+    pub(super) socket: Option<RawSocket>,
     #[serde(default)]
     pub(super) jobs: Vec<Spanned<RawJob>>,
+}
+
+/// `[socket]`: the token socket.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSocket {
+    pub(super) path: Spanned<PathBuf>,
+    pub(super) mode: Option<Spanned<RawMode>>,
+    pub(super) group: Option<Spanned<RawId>>,
+}
+
+/// File permission bits: an integer (`0o640`) or octal text (`"0640"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawMode {
+    Bits(i64),
+    Octal(String),
+}
+
+/// A user or group: a numeric id or a name.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawId {
+    Id(i64),
+    Name(String),
+}
+
+/// `[[jobs.sinks]]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSink {
+    pub(super) path: Spanned<PathBuf>,
+    pub(super) format: Option<Spanned<String>>,
+    pub(super) env_name: Option<Spanned<String>>,
+    pub(super) template: Option<Spanned<String>>,
+    pub(super) template_file: Option<Spanned<PathBuf>>,
+    pub(super) mode: Option<Spanned<RawMode>>,
+    pub(super) owner: Option<Spanned<RawId>>,
+    pub(super) group: Option<Spanned<RawId>>,
+    pub(super) on_change: Option<Spanned<RawAction>>,
+}
+
+/// `on_change` of a sink or a job.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAction {
+    pub(super) signal: Option<String>,
+    pub(super) pid_file: Option<PathBuf>,
+    pub(super) command: Option<Vec<String>>,
+    pub(super) timeout: Option<Spanned<String>>,
+}
+
+/// `[jobs.consumers]`: who may have the token from the socket.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConsumers {
+    #[serde(default)]
+    pub(super) users: Vec<Spanned<RawId>>,
+    #[serde(default)]
+    pub(super) groups: Vec<Spanned<RawId>>,
 }
 
 #[derive(Deserialize)]
@@ -102,6 +163,10 @@ pub(super) struct RawJob {
     pub(super) timeout: Option<Spanned<String>>,
     pub(super) wasi: Option<Spanned<String>>,
     pub(super) limits: Option<RawLimits>,
+    #[serde(default)]
+    pub(super) sinks: Vec<Spanned<RawSink>>,
+    pub(super) on_change: Option<Spanned<RawAction>>,
+    pub(super) consumers: Option<RawConsumers>,
 }
 
 /// A job block parsed on its own.

@@ -200,11 +200,15 @@ pub struct Metrics {
     lateness: Histogram,
     internal: Family<ComponentLabel, Counter>,
     store_errors: Counter,
-    leases: Family<LeaseLabel, Counter>,
+    leases: Family<ResultLabel, Counter>,
+    sink_writes: Family<ResultLabel, Counter>,
+    actions: Family<ResultLabel, Counter>,
+    socket: Family<ResultLabel, Counter>,
 }
 
+/// A `result` label: lease attempts, sink writes, actions, socket requests.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct LeaseLabel {
+struct ResultLabel {
     result: &'static str,
 }
 
@@ -261,7 +265,7 @@ impl Metrics {
             "Panics caught and recovered from, by component (each is a bug: please report it)",
             internal.clone(),
         );
-        for c in ["run", "scheduler", "change-feed"] {
+        for c in ["run", "scheduler", "change-feed", "delivery"] {
             let _ = internal.get_or_create(&ComponentLabel {
                 component: c.into(),
             });
@@ -272,14 +276,41 @@ impl Metrics {
             "Calls to the secret store that failed because it was unavailable",
             store_errors.clone(),
         );
-        let leases = Family::<LeaseLabel, Counter>::default();
+        let leases = Family::<ResultLabel, Counter>::default();
         registry.register(
             "lease_attempts",
             "Requests for a job's lease by this process: granted, held (another process is running the job), moved (another process ran it since this one planned), unavailable (the store was down)",
             leases.clone(),
         );
         for result in ["granted", "held", "moved", "unavailable"] {
-            let _ = leases.get_or_create(&LeaseLabel { result });
+            let _ = leases.get_or_create(&ResultLabel { result });
+        }
+        let sink_writes = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "sink_writes",
+            "Sink files this process delivered a token to, by result: written (replaced), unchanged (already held it), failed (kept its last good token)",
+            sink_writes.clone(),
+        );
+        for result in ["written", "unchanged", "failed"] {
+            let _ = sink_writes.get_or_create(&ResultLabel { result });
+        }
+        let actions = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "on_change_actions",
+            "On-change actions (signals and commands) this process ran, by result",
+            actions.clone(),
+        );
+        for result in ["ok", "failed"] {
+            let _ = actions.get_or_create(&ResultLabel { result });
+        }
+        let socket = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "token_socket_requests",
+            "Requests to the token socket, by result: served, refused (caller not allowed, or no such job), unavailable (no unexpired token), bad (malformed request)",
+            socket.clone(),
+        );
+        for result in ["served", "refused", "unavailable", "bad"] {
+            let _ = socket.get_or_create(&ResultLabel { result });
         }
         registry.register_collector(Box::new(PerJob {
             samples: jobs,
@@ -287,6 +318,9 @@ impl Metrics {
         }));
         Self {
             leases,
+            sink_writes,
+            actions,
+            socket,
             registry,
             errors,
             duration,
@@ -328,7 +362,24 @@ impl Metrics {
 
     /// Counts a lease request by its result (`granted`, `held`, `moved`, `unavailable`).
     pub fn lease(&self, result: &'static str) {
-        self.leases.get_or_create(&LeaseLabel { result }).inc();
+        self.leases.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts a sink delivery by its result (`written`, `unchanged`, `failed`).
+    pub fn sink_write(&self, result: &'static str) {
+        self.sink_writes
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// Counts an on-change action by its result (`ok`, `failed`).
+    pub fn action(&self, result: &'static str) {
+        self.actions.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts a token socket request by its result.
+    pub fn socket(&self, result: &'static str) {
+        self.socket.get_or_create(&ResultLabel { result }).inc();
     }
 
     /// Counts a caught panic in `component`.

@@ -22,12 +22,14 @@
 //! only if the row has not moved), so a dead daemon delays its jobs by one hand-off, not by
 //! a lease lifetime.
 
+mod deliver;
 pub(crate) mod metrics;
 mod record;
 mod run;
 mod settings;
 mod status;
 
+pub use deliver::{CurrentToken, DeliveryStatus};
 pub use record::{ErrorRecord, RunRecord, Trigger};
 pub(crate) use run::{Attempt, Leasing, Ran};
 pub(crate) use settings::owner_name;
@@ -72,6 +74,8 @@ struct JobState {
     counts: [u64; 3],
     /// Failures to reach the store, for this daemon's own backoff (not recorded anywhere).
     store_failures: u32,
+    /// What its sinks and actions did.
+    delivery: DeliveryStatus,
 }
 
 struct Job {
@@ -110,6 +114,10 @@ struct Inner {
     members: Mutex<Vec<String>>,
     cursor: Mutex<u64>,
     services: Mutex<Option<JoinSet<()>>>,
+    /// Jobs whose sinks are to be written.
+    deliveries: deliver::Queue,
+    /// Bumped whenever any job's stored token changes (the token socket's waiters).
+    tokens: watch::Sender<u64>,
 }
 
 /// A running daemon. Cheap to clone.
@@ -206,6 +214,7 @@ impl Daemon {
                 recorded_due: None,
                 counts: [0; 3],
                 store_failures: 0,
+                delivery: DeliveryStatus::default(),
             };
             if let Some(row) = row {
                 adopt_row(&mut state, row, now_ms);
@@ -218,6 +227,7 @@ impl Daemon {
         let max_runs = u32::try_from(daemon.max_concurrent_runs.max(1)).unwrap_or(u32::MAX);
         let (stop, _) = watch::channel(false);
         let (plans, plans_rx) = mpsc::unbounded_channel();
+        let (deliveries, deliveries_rx) = mpsc::unbounded_channel();
         let me = Member {
             id: coord.owner.clone(),
             started_ms: time::unix_ms(now),
@@ -253,6 +263,8 @@ impl Daemon {
             members: Mutex::new(members),
             cursor: Mutex::new(snapshot.revision),
             services: Mutex::new(None),
+            deliveries,
+            tokens: watch::channel(0).0,
         });
         for i in 0..inner.jobs.len() {
             inner.replan(i, now, true);
@@ -262,8 +274,56 @@ impl Daemon {
         services.spawn(scheduler(inner.clone(), plans_rx));
         services.spawn(watch_store(inner.clone()));
         services.spawn(heartbeat(inner.clone()));
+        // Sinks get the stored token at start (the delivery skips an expired or missing one).
+        for i in 0..inner.jobs.len() {
+            if inner.has_consumers(i) {
+                let _ = inner.deliveries.send(i);
+            }
+        }
+        services.spawn(deliver::deliverer(inner.clone(), deliveries_rx));
         *inner.services.lock().unwrap_or_else(|p| p.into_inner()) = Some(services);
         Ok(Self(inner))
+    }
+
+    /// The configuration of job `name`.
+    pub fn job_config(&self, name: &str) -> Option<&JobConfig> {
+        self.0.by_name.get(name).map(|&i| &self.0.job(i).config)
+    }
+
+    /// Job `name`'s token as the store holds it now (`None`: no such job, or no token).
+    pub async fn token(&self, name: &str) -> Result<Option<CurrentToken>, StoreError> {
+        match self.0.by_name.get(name) {
+            Some(&i) => self.0.current_token(i).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Job `name`'s token once its store revision is above `after`, or whatever it is after
+    /// `wait`.
+    pub async fn token_after(
+        &self,
+        name: &str,
+        after: u64,
+        wait: Duration,
+    ) -> Result<Option<CurrentToken>, StoreError> {
+        let Some(&i) = self.0.by_name.get(name) else {
+            return Ok(None);
+        };
+        let mut changes = self.0.tokens.subscribe();
+        let mut stop = self.0.stop.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.0.job(i).state().token_revision <= after && !*stop.borrow() {
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { break },
+                _ = stop.changed() => break,
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        self.0.current_token(i).await
+    }
+
+    pub(crate) fn count_socket(&self, result: &'static str) {
+        self.0.metrics.socket(result);
     }
 
     /// This daemon's owner name (as lease holder and member).
@@ -495,6 +555,7 @@ impl Inner {
             last_run: st.last.clone(),
             lease_holder: st.lease.as_ref().map(|(h, _)| h.clone()),
             lease_until_ms: st.lease.as_ref().map(|(_, u)| *u),
+            delivery: self.has_consumers(i).then(|| st.delivery.clone()),
         }
     }
 
@@ -750,6 +811,7 @@ impl Inner {
                 return self.settle(i, attempt, trigger);
             }
         };
+        let mut new_token = false;
         let event = {
             let mut st = job.state();
             st.runs += 1;
@@ -762,8 +824,11 @@ impl Inner {
                 st.token = Some(t);
                 st.token_expires_at = ran.record.outcome.as_ref().and_then(|o| o.expires_at);
             }
-            if let Some(rev) = ran.result.as_ref().ok().and_then(|r| r.token_revision) {
-                st.token_revision = st.token_revision.max(rev);
+            if let Some(rev) = ran.result.as_ref().ok().and_then(|r| r.token_revision)
+                && rev > st.token_revision
+            {
+                st.token_revision = rev;
+                new_token = true;
             }
             if let Some(rev) = ran.row_revision {
                 st.row_revision = rev;
@@ -781,6 +846,9 @@ impl Inner {
         };
         self.metrics.run(&ran.record);
         log_run(&event, now);
+        if new_token {
+            self.token_changed(i);
+        }
         let trigger = if ran.failures > 0 {
             Trigger::Retry
         } else {
@@ -807,6 +875,8 @@ impl Inner {
                         st.token = Some(TokenState::from_unix(meta.updated_at, meta.expires_at));
                         st.token_expires_at = meta.expires_at;
                         st.token_revision = meta.revision;
+                        drop(st);
+                        self.token_changed(i);
                         touched.entry(i).or_insert(false);
                     }
                     Binding::Input if st.failures > 0 && st.running.is_none() => {
@@ -822,6 +892,8 @@ impl Inner {
                     let mut st = self.job(i).state();
                     st.token = None;
                     st.token_expires_at = None;
+                    drop(st);
+                    self.tokens.send_modify(|n| *n = n.wrapping_add(1));
                     touched.entry(i).or_insert(false);
                 }
             }

@@ -32,6 +32,9 @@ pub struct JobStatus {
     pub lease_holder: Option<String>,
     /// Unix milliseconds until which the lease is held.
     pub lease_until_ms: Option<u64>,
+    /// What its sinks and on-change actions did in this daemon; absent for a job with none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<super::DeliveryStatus>,
 }
 
 /// Published after every run of this daemon, for the demo, tests and embedders.
