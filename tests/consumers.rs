@@ -192,6 +192,8 @@ async fn sinks_hold_only_good_tokens_and_actions_follow_changes() {
         timeout: Duration::from_secs(10),
     });
     job.sinks.push(sink);
+    // json holds `expires_in`: still the same bytes for the same token after a restart.
+    job.sinks.push(Sink::new(dir.join("token.json"), Format::Json));
 
     // An expired stored token: the catch-up run fails (the emulator is down for it), and
     // nothing is written.
@@ -270,7 +272,7 @@ async fn sinks_hold_only_good_tokens_and_actions_follow_changes() {
     let daemon = start(jobs, &f).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let delivery = daemon.status("graph").unwrap().delivery.unwrap();
-    assert_eq!((delivery.sink_writes, delivery.sink_unchanged), (0, 1));
+    assert_eq!((delivery.sink_writes, delivery.sink_unchanged), (0, 2));
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "graph\ngraph\n");
     daemon.shutdown(Duration::from_secs(5)).await;
 }
@@ -579,6 +581,23 @@ async fn exec_runs_restarts_signals_and_exits_with_the_command() {
         .await
         .unwrap();
     assert_eq!(status.code(), Some(7));
+    // A command that does not exist: 127, as in a shell. A wait too long for the clock is
+    // not a panic.
+    let status = exec(vec!["--".into(), "/nonexistent/program".into()])
+        .status()
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(127));
+    let status = exec(vec![
+        "--wait".into(),
+        "18446744073709551615s".into(),
+        "--".into(),
+        "true".into(),
+    ])
+    .status()
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(0));
 }
 
 fn is_root() -> bool {

@@ -479,7 +479,7 @@ async fn slow_admin_connections_cannot_starve_refreshes() {
         log.matches("cannot accept connections").count() <= 3,
         "no accept spin: {log}"
     );
-    assert!(log.contains("admin max_connections lowered"), "{log}");
+    assert!(log.contains("admin API: max_connections lowered"), "{log}");
 }
 
 /// A transport that panics on its first `n` requests, then sends for real.

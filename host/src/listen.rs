@@ -7,11 +7,55 @@
 //! instead of spinning when the process runs out of file descriptors. The cap is also kept
 //! to a quarter of the process's descriptor limit, so runs always have descriptors. On a
 //! Unix socket every request carries the caller's [`Peer`] credentials, as the kernel
-//! reported them when the connection was made.
+//! reported them when the connection was made, and one user may hold at most
+//! [`PER_USER`] of the connections, so a local user cannot shut the others out.
 
 use crate::admin::AdminLimits;
 use axum::Router;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Connections one user (by peer uid) may hold at once on a Unix socket; the daemon's own
+/// user (which can read the store anyway) is not counted.
+pub const PER_USER: usize = 128;
+
+/// A connection counted against its user's share; released when dropped.
+struct Share {
+    users: Arc<Mutex<HashMap<u32, usize>>>,
+    uid: u32,
+}
+
+impl Share {
+    /// A share for `uid`, unless it holds [`PER_USER`] already; `Some(None)` for the
+    /// daemon's own user.
+    fn take(users: &Arc<Mutex<HashMap<u32, usize>>>, uid: u32) -> Option<Option<Self>> {
+        if uid == rustix::process::geteuid().as_raw() {
+            return Some(None);
+        }
+        let mut held = users.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(uid).or_default();
+        if *n >= PER_USER {
+            return None;
+        }
+        *n += 1;
+        Some(Some(Self {
+            users: users.clone(),
+            uid,
+        }))
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut held = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.uid);
+            }
+        }
+    }
+}
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// The caller on the other end of a Unix socket, as the kernel vouches for it
@@ -79,6 +123,7 @@ pub(crate) async fn serve<L: Listen>(
         );
     }
     let slots = Arc::new(tokio::sync::Semaphore::new(cap));
+    let users = Arc::new(Mutex::new(HashMap::new()));
     let mut shutdown = std::pin::pin!(shutdown);
     let mut starved_since: Option<std::time::Instant> = None;
     loop {
@@ -100,6 +145,17 @@ pub(crate) async fn serve<L: Listen>(
             }
         };
         starved_since = None;
+        let share = match &peer {
+            Some(p) => match Share::take(&users, p.uid) {
+                Some(s) => s,
+                None => {
+                    // This user holds its share already: closed now.
+                    drop(stream);
+                    continue;
+                }
+            },
+            None => None,
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             // Over the cap: closed now, so it neither queues nor holds a descriptor.
             drop(stream);
@@ -111,7 +167,7 @@ pub(crate) async fn serve<L: Listen>(
         };
         let service = hyper_util::service::TowerToHyperService::new(app);
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slot = (slot, share);
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
@@ -119,5 +175,29 @@ pub(crate) async fn serve<L: Listen>(
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             let _ = tokio::time::timeout(limits.max_connection_age, conn).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_user_holds_at_most_its_share() {
+        let users = Arc::new(Mutex::new(HashMap::new()));
+        let stranger = rustix::process::geteuid().as_raw().wrapping_add(4242);
+        let held: Vec<_> = (0..PER_USER)
+            .map(|_| Share::take(&users, stranger).expect("within the share"))
+            .collect();
+        assert!(Share::take(&users, stranger).is_none());
+        // Another user, and the daemon's own, still get in.
+        assert!(Share::take(&users, stranger.wrapping_add(1)).is_some());
+        assert!(matches!(
+            Share::take(&users, rustix::process::geteuid().as_raw()),
+            Some(None)
+        ));
+        drop(held);
+        assert!(Share::take(&users, stranger).is_some());
+        assert!(users.lock().unwrap().get(&stranger).is_none_or(|n| *n <= 1));
     }
 }

@@ -30,6 +30,15 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 /// The longest a caller may wait.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 
+/// The socket's limits: long polls hold a connection each (one per `tokenwarden exec`), so it
+/// serves more at once than the admin port (still at most a quarter of the process's
+/// descriptors), and a connection may outlive the longest wait.
+pub const LIMITS: AdminLimits = AdminLimits {
+    max_connections: 1024,
+    header_timeout: Duration::from_secs(10),
+    max_connection_age: Duration::from_secs(600),
+};
+
 /// `[socket]`: where the daemon serves tokens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SocketConfig {
@@ -103,18 +112,18 @@ pub fn bind(config: &SocketConfig) -> Result<tokio::net::UnixListener, SocketErr
     Ok(listener)
 }
 
-/// Serves the token socket within `limits` until `shutdown` resolves, then removes the file.
+/// Serves the token socket within [`LIMITS`] until `shutdown` resolves, then removes the
+/// file.
 pub async fn serve(
     listener: tokio::net::UnixListener,
     daemon: Daemon,
-    limits: AdminLimits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let path = listener
         .local_addr()
         .ok()
         .and_then(|a| a.as_pathname().map(PathBuf::from));
-    crate::listen::serve(listener, router(daemon), limits, "token socket", shutdown).await;
+    crate::listen::serve(listener, router(daemon), LIMITS, "token socket", shutdown).await;
     if let Some(p) = path {
         let _ = std::fs::remove_file(p);
     }
@@ -158,10 +167,16 @@ async fn token(
         if let Some(axum::Extension(p)) = peer {
             tracing::warn!(uid = p.uid, gid = p.gid, pid = ?p.pid, job = %crate::text::clean(&job, 128), "token socket: refused a caller");
         }
-        return answer(
+        // The connection is closed after the refusal: a stranger does not keep it.
+        let mut refusal = answer(
             StatusCode::FORBIDDEN,
             json!({"error": "forbidden", "message": "this caller may not have this job's token"}),
         );
+        refusal.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        return refusal;
     }
     let Ok(Query(wait)) = query else {
         daemon.count_socket("bad");

@@ -137,7 +137,10 @@ pub(super) async fn token(job: &str, socket: &Path) -> anyhow::Result<u8> {
 
 /// The first token, tried every second until `wait` is over.
 async fn first_token(socket: &Path, job: &str, wait: Duration) -> Result<Got, NoToken> {
-    let deadline = tokio::time::Instant::now() + wait;
+    // A wait too long for the clock is a wait without end.
+    let deadline = tokio::time::Instant::now()
+        .checked_add(wait)
+        .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400));
     loop {
         match fetch(socket, job, None).await {
             Err(NoToken::Later(m)) if tokio::time::Instant::now() < deadline => {
@@ -168,12 +171,20 @@ async fn watch(socket: PathBuf, job: String, mut revision: u64, newer: mpsc::Sen
     }
 }
 
-fn spawn(args: &ExecArgs, token: &str) -> anyhow::Result<tokio::process::Child> {
+/// Starts the command, or gives the exit code a shell would: 127 not found, 126 not
+/// executable.
+fn spawn(args: &ExecArgs, token: &str) -> Result<tokio::process::Child, u8> {
     tokio::process::Command::new(&args.command[0])
         .args(&args.command[1..])
         .env(&args.env, token)
         .spawn()
-        .map_err(|e| anyhow!("cannot start `{}`: {e}", args.command[0]))
+        .map_err(|e| {
+            eprintln!("error: cannot start `{}`: {e}", args.command[0]);
+            match e.kind() {
+                std::io::ErrorKind::NotFound => 127,
+                _ => 126,
+            }
+        })
 }
 
 fn send_signal(child: &tokio::process::Child, signal: Signal) {
@@ -214,8 +225,8 @@ pub(super) async fn exec(args: ExecArgs, socket: &Path) -> anyhow::Result<u8> {
         got.revision,
         tx,
     ));
-    let mut child = spawn(&args, &got.token)?;
-    drop(got);
+    // Handlers first: a signal that arrives while the command starts is passed on, not the
+    // default action that would end `exec` and orphan the command.
     let forwarded = [
         SignalKind::interrupt(),
         SignalKind::terminate(),
@@ -228,6 +239,11 @@ pub(super) async fn exec(args: ExecArgs, socket: &Path) -> anyhow::Result<u8> {
     for kind in forwarded {
         streams.push((kind, signal(kind)?));
     }
+    let mut child = match spawn(&args, &got.token) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    drop(got);
     let code = loop {
         let next_signal = futures_util::future::select_all(
             streams
@@ -254,7 +270,10 @@ pub(super) async fn exec(args: ExecArgs, socket: &Path) -> anyhow::Result<u8> {
                     if tokio::time::timeout(args.grace, child.wait()).await.is_err() {
                         let _ = child.kill().await;
                     }
-                    child = spawn(&args, &got.token)?;
+                    child = match spawn(&args, &got.token) {
+                        Ok(c) => c,
+                        Err(code) => break code,
+                    };
                 }
             },
         }

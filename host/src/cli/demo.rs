@@ -170,7 +170,6 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
         tokio::spawn(crate::socket::serve(
             l,
             daemon.clone(),
-            crate::admin::AdminLimits::default(),
             std::future::pending(),
         ))
     });

@@ -89,14 +89,9 @@ pub(super) async fn daemon(config_path: &Path) -> anyhow::Result<u8> {
     let (stop_socket, socket_stopped) = tokio::sync::oneshot::channel::<()>();
     let socket_server = token_socket.map(|(listener, path)| {
         tracing::info!(socket = %path.display(), "token socket serving GET /tokens/{{job}}");
-        tokio::spawn(crate::socket::serve(
-            listener,
-            daemon.clone(),
-            admin_cfg.limits,
-            async {
-                let _ = socket_stopped.await;
-            },
-        ))
+        tokio::spawn(crate::socket::serve(listener, daemon.clone(), async {
+            let _ = socket_stopped.await;
+        }))
     });
     tracing::info!(admin = %admin_addr, store = %store.describe(), owner = %daemon.owner(), "tokenwarden running");
     shutdown_signal().await;

@@ -10,23 +10,62 @@ use std::path::Path;
 use std::time::Duration;
 use toml::Spanned;
 
+/// `path` as the file system resolves it: its folder canonicalized when it exists (links and
+/// `..` followed), else cleaned of `.` and `..` by hand; the file name as written.
+pub(super) fn resolved(path: &Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let clean = |p: &Path| {
+        let mut out = std::path::PathBuf::new();
+        for c in p.components() {
+            match c {
+                Component::ParentDir => {
+                    out.pop();
+                }
+                Component::CurDir => {}
+                other => out.push(other),
+            }
+        }
+        out
+    };
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return clean(path);
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    match parent.canonicalize() {
+        Ok(p) => p.join(name),
+        Err(_) => clean(&parent.join(name)),
+    }
+}
+
 /// Permission bits from `0o640` or `"0640"`: at most `0o777`; a file is never writable by
-/// others (a socket must be, for them to connect).
-fn mode(
-    cx: &Ctx<'_>,
-    v: &Spanned<RawMode>,
-    key: &str,
-    others_may_write: bool,
-) -> Result<u32, ConfigError> {
+/// others (a socket must be, for them to connect), and its owner can read it (the daemon
+/// reads a sink back to see whether it changed).
+fn mode(cx: &Ctx<'_>, v: &Spanned<RawMode>, key: &str, socket: bool) -> Result<u32, ConfigError> {
     let bits = match v.get_ref() {
         RawMode::Bits(n) => u32::try_from(*n).ok(),
-        RawMode::Octal(t) => u32::from_str_radix(t.trim().trim_start_matches("0o"), 8).ok(),
+        RawMode::Octal(t) => {
+            let t = t.trim();
+            let digits = t.strip_prefix("0o").unwrap_or(t);
+            (!digits.is_empty()
+                && digits.len() <= 4
+                && digits.bytes().all(|b| (b'0'..=b'7').contains(&b)))
+            .then(|| u32::from_str_radix(digits, 8).ok())
+            .flatten()
+        }
     };
     match bits {
-        Some(b) if b <= 0o777 && (others_may_write || b & 0o002 == 0) => Ok(b),
-        Some(b) if b <= 0o777 => Err(cx.invalid(
+        Some(b) if b <= 0o777 && (socket || (b & 0o002 == 0 && b & 0o400 != 0)) => Ok(b),
+        Some(b) if b <= 0o777 && b & 0o002 != 0 => Err(cx.invalid(
             v.span(),
             format!("`{key}` = {b:#o} lets any user write the file; drop the others' write bit"),
+        )),
+        Some(b) if b <= 0o777 => Err(cx.invalid(
+            v.span(),
+            format!("`{key}` = {b:#o} does not let the owner read the file; add the owner's read bit"),
         )),
         _ => Err(cx.invalid(
             v.span(),
@@ -85,6 +124,9 @@ pub(super) fn on_change(
     let bad = |why: String| cx.invalid(v.span(), format!("`{key}`: {why}"));
     match (&a.signal, &a.pid_file, &a.command) {
         (Some(signal), Some(pid_file), None) => {
+            if pid_file.as_os_str().is_empty() {
+                return Err(bad("`pid_file` is empty".into()));
+            }
             if a.timeout.is_some() {
                 return Err(bad("`timeout` is for a `command`".into()));
             }
@@ -135,7 +177,11 @@ pub(super) fn sink(
     let bad =
         |span: std::ops::Range<usize>, why: String| cx.invalid(span, format!("`{key}`: {why}"));
     let path = base.join(r.path.get_ref());
-    if path.file_name().is_none() || r.path.get_ref().as_os_str().is_empty() {
+    let written = r.path.get_ref().as_os_str();
+    if path.file_name().is_none()
+        || written.is_empty()
+        || written.as_encoded_bytes().ends_with(b"/")
+    {
         return Err(bad(r.path.span(), "`path` must name a file".into()));
     }
     let format_name = r.format.as_ref().map_or("raw", |f| f.get_ref().as_str());
@@ -386,6 +432,51 @@ template = "Authorization: Bearer {{ access_token }}"
                 "permission bits",
             ),
             (
+                "[[jobs.sinks]]\npath = \"t\"\nmode = \"+644\"\n",
+                "permission bits",
+            ),
+            (
+                "[[jobs.sinks]]\npath = \"t\"\nmode = \"0o0o640\"\n",
+                "permission bits",
+            ),
+            (
+                "[[jobs.sinks]]\npath = \"t\"\nmode = \"0200\"\n",
+                "owner read",
+            ),
+            (
+                "[[jobs.sinks]]\npath = \"t\"\nmode = true\n",
+                "permission bits, such as",
+            ),
+            (
+                "[[jobs.sinks]]\npath = \"t\"\nowner = 1.5\n",
+                "a user or group name",
+            ),
+            ("[[jobs.sinks]]\npath = \"t/\"\n", "must name a file"),
+            (
+                "[[jobs.sinks]]\npath = \"data/tokenwarden.db.key\"\n",
+                "would overwrite the store",
+            ),
+            (
+                "[[jobs.sinks]]\npath = \"data/x/../tokenwarden.db\"\n",
+                "would overwrite the store",
+            ),
+            (
+                "[[jobs.sinks]]\npath = \"tokenwarden.toml\"\n",
+                "would overwrite the store",
+            ),
+            (
+                "[[jobs.sinks]]\npath = \"t\"\n[[jobs.sinks]]\npath = \"x/../t\"\n",
+                "each file needs one writer",
+            ),
+            (
+                "[jobs.on_change]\nsignal = \"TSTP\"\npid_file = \"p\"\n",
+                "would kill or stop",
+            ),
+            (
+                "[jobs.on_change]\nsignal = \"HUP\"\npid_file = \"\"\n",
+                "`pid_file` is empty",
+            ),
+            (
                 "[[jobs.sinks]]\npath = \"t\"\nowner = 4294967295\n",
                 "a user id is from 0",
             ),
@@ -438,7 +529,7 @@ template = "Authorization: Bearer {{ access_token }}"
             ("[jobs.on_change]\npid_file = \"p\"\n", "needs a `signal`"),
             (
                 "[jobs.on_change]\nsignal = \"KILL\"\npid_file = \"p\"\n",
-                "cannot be handled",
+                "would kill or stop",
             ),
             (
                 "[jobs.on_change]\nsignal = \"HUP\"\npid_file = \"p\"\ncommand = [\"x\"]\n",

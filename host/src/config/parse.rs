@@ -286,8 +286,13 @@ fn parse_with(text: &str, path: &Path, blockwise: bool) -> Result<Config, Config
     // overwrite another job's credentials (or the admin token).
     let mut writers: HashMap<String, (String, Range<usize>)> = HashMap::new();
     let mut readers: HashMap<String, String> = HashMap::new();
-    // Each sink file has one job: two writing it would overwrite each other's token.
+    // Each sink file has one job: two writing it would overwrite each other's token. Paths
+    // are compared as the file system resolves them (`a/../t` is `t`, a linked folder is
+    // its target), and none may be in the store's folder (the store, its key, the compile
+    // cache) or be the config file.
     let mut sink_paths: HashMap<PathBuf, String> = HashMap::new();
+    let store_dir = super::consumers::resolved(&store.local_dir(base));
+    let config_file = super::consumers::resolved(path);
     if let Some(t) = &admin.token_secret {
         readers.insert(t.clone(), "the admin API (`admin.token_secret`)".into());
     }
@@ -325,7 +330,19 @@ fn parse_with(text: &str, path: &Path, blockwise: bool) -> Result<Config, Config
             ));
         }
         for sink in &config.sinks {
-            if let Some(other) = sink_paths.insert(sink.path.clone(), config.name.clone()) {
+            let resolved = super::consumers::resolved(&sink.path);
+            if resolved.starts_with(&store_dir) || resolved == config_file {
+                return Err(cx.invalid(
+                    span,
+                    format!(
+                        "job `{}`: sink {} would overwrite the store, its key or the config file; put sinks outside {}",
+                        config.name,
+                        sink.path.display(),
+                        store_dir.display()
+                    ),
+                ));
+            }
+            if let Some(other) = sink_paths.insert(resolved, config.name.clone()) {
                 return Err(cx.invalid(
                     span,
                     format!(

@@ -33,7 +33,7 @@ pub(super) struct RawSocket {
 
 /// File permission bits: an integer (`0o640`) or octal text (`"0640"`).
 #[derive(Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "permission bits, such as 0o640 or \"0640\"")]
 pub(super) enum RawMode {
     Bits(i64),
     Octal(String),
@@ -41,7 +41,7 @@ pub(super) enum RawMode {
 
 /// A user or group: a numeric id or a name.
 #[derive(Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a user or group name, or a numeric id")]
 pub(super) enum RawId {
     Id(i64),
     Name(String),

@@ -28,6 +28,8 @@ pub struct CurrentToken {
     pub expires_at: Option<u64>,
     /// The store revision of its write: a newer token has a higher one.
     pub revision: u64,
+    /// Unix seconds at which it was stored.
+    pub stored_at: u64,
 }
 
 impl std::fmt::Debug for CurrentToken {
@@ -61,6 +63,9 @@ pub struct DeliveryStatus {
     /// The store revision of the token last delivered.
     #[serde(skip)]
     pub(super) delivered: u64,
+    /// Whether a retry of failed sink writes is pending.
+    #[serde(skip)]
+    pub(super) retrying: bool,
 }
 
 /// How soon a failed sink write is tried again.
@@ -109,6 +114,7 @@ impl Inner {
             token_type,
             expires_at: stored.meta.expires_at,
             revision: stored.meta.revision,
+            stored_at: stored.meta.updated_at,
         }))
     }
 
@@ -140,6 +146,7 @@ impl Inner {
             access_token: &token.value,
             token_type: &token.token_type,
             expires_at: token.expires_at,
+            stored_at: token.stored_at,
             now,
         };
         if let Some(why) = view.unusable() {
@@ -151,7 +158,8 @@ impl Inner {
         for s in &job.sinks {
             // File writes block (fsync): off the async threads, with owned copies.
             let owned = (s.clone(), token.value.clone(), token.token_type.clone());
-            let (name, expires_at) = (job.name.clone(), token.expires_at);
+            let (name, expires_at, stored_at) =
+                (job.name.clone(), token.expires_at, token.stored_at);
             let result = tokio::task::spawn_blocking(move || {
                 let (s, value, token_type) = owned;
                 sink::write(
@@ -161,6 +169,7 @@ impl Inner {
                         access_token: &value,
                         token_type: &token_type,
                         expires_at,
+                        stored_at,
                         now,
                     },
                 )
@@ -187,7 +196,7 @@ impl Inner {
                     drop(st);
                     tracing::debug!(job = %job.name, path = %s.path.display(), "sink written");
                     if let Some(action) = &s.on_change {
-                        self.spawn_action(i, action.clone());
+                        self.spawn_action(i, action.clone(), token.value.clone());
                     }
                 }
                 Ok(Written::Unchanged) => st.delivery.sink_unchanged += 1,
@@ -203,12 +212,17 @@ impl Inner {
         }
         if failed.is_some() {
             // Tried again (sinks already holding the token are skipped) until it succeeds
-            // or a newer token comes.
-            let queue = self.deliveries.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(SINK_RETRY).await;
-                let _ = queue.send(i);
-            });
+            // or a newer token comes; one retry pending per job, however many tokens failed.
+            let mut st = self.job(i).state();
+            if !std::mem::replace(&mut st.delivery.retrying, true) {
+                drop(st);
+                let inner = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(SINK_RETRY).await;
+                    inner.job(i).state().delivery.retrying = false;
+                    let _ = inner.deliveries.send(i);
+                });
+            }
         } else {
             let mut st = self.job(i).state();
             st.delivery.delivered = token.revision;
@@ -219,15 +233,15 @@ impl Inner {
         if let Some(action) = &job.on_change
             && (changed_any || (job.sinks.is_empty() && !starting))
         {
-            self.spawn_action(i, action.clone());
+            self.spawn_action(i, action.clone(), token.value.clone());
         }
     }
 
-    fn spawn_action(self: &Arc<Self>, i: usize, action: sink::Action) {
+    fn spawn_action(self: &Arc<Self>, i: usize, action: sink::Action, token: SecretString) {
         let inner = self.clone();
         tokio::spawn(async move {
             let job = &inner.job(i).config.name;
-            let result = action.run(job).await;
+            let result = action.run(job, &token).await;
             inner
                 .metrics
                 .action(if result.is_ok() { "ok" } else { "failed" });

@@ -63,8 +63,9 @@ impl Sink {
 pub enum Format {
     /// The token alone, without a newline.
     Raw,
-    /// `{"access_token", "token_type", "expires_at", "expires_in"}` (Unix seconds; seconds
-    /// left when written).
+    /// `{"access_token", "token_type", "expires_at", "expires_in"}` (`expires_at` in Unix
+    /// seconds; `expires_in` the token's lifetime in seconds from when it was stored, as in
+    /// the token reply, so the file's bytes depend on the token alone).
     Json,
     /// An environment file (systemd `EnvironmentFile=`, `source` in a shell):
     /// `NAME='token'` and `NAME_EXPIRES_AT=seconds`.
@@ -90,7 +91,7 @@ impl Format {
 
 /// A compiled minijinja template. Its variables: `access_token` (also `token`),
 /// `token_type`, `expires_at` (Unix seconds, or none), `expires_at_rfc3339`, `expires_in`
-/// (seconds left when written) and `job`. An unknown variable is an error, not an empty
+/// (its lifetime from when it was stored) and `job`. An unknown variable is an error, not an empty
 /// string.
 #[derive(Clone)]
 pub struct Template(Arc<minijinja::Environment<'static>>);
@@ -126,6 +127,7 @@ impl Template {
             access_token: &sample,
             token_type: "Bearer",
             expires_at: Some(2_000_000_000),
+            stored_at: 1_999_996_400,
             now: 1_999_996_400,
         })
         .map_err(|e| e.to_string())?;
@@ -177,6 +179,8 @@ pub struct Token<'a> {
     pub token_type: &'a str,
     /// Unix seconds at which it expires, when known.
     pub expires_at: Option<u64>,
+    /// Unix seconds at which it was stored.
+    pub stored_at: u64,
     /// Unix seconds now.
     pub now: u64,
 }
@@ -193,7 +197,7 @@ impl std::fmt::Debug for Token<'_> {
 
 impl Token<'_> {
     fn expires_in(&self) -> Option<u64> {
-        self.expires_at.map(|e| e.saturating_sub(self.now))
+        self.expires_at.map(|e| e.saturating_sub(self.stored_at))
     }
 
     /// Why this token must not be written anywhere, if it must not.
@@ -271,7 +275,15 @@ pub fn render(format: &Format, token: &Token<'_>) -> Result<Zeroizing<Vec<u8>>, 
             }
             Ok(Zeroizing::new(std::mem::take(&mut *text).into_bytes()))
         }
-        Format::Template(t) => t.render(token),
+        Format::Template(t) => {
+            let bytes = t.render(token)?;
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                return Err(SinkError::Template(
+                    "the template rendered nothing; the sink keeps its last file".into(),
+                ));
+            }
+            Ok(bytes)
+        }
     }
 }
 
@@ -317,8 +329,12 @@ fn holds(path: &Path, bytes: &[u8], sink: &Sink) -> std::io::Result<bool> {
     {
         return Ok(false);
     }
-    let current = Zeroizing::new(std::fs::read(path)?);
-    Ok(current.as_slice() == bytes)
+    // A file its owner may not read (mode 0200) is simply rewritten.
+    match std::fs::read(path) {
+        Ok(current) => Ok(Zeroizing::new(current).as_slice() == bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
@@ -331,6 +347,7 @@ mod tests {
             access_token: secret,
             token_type: "Bearer",
             expires_at,
+            stored_at: 1_000,
             now: 1_000,
         }
     }
