@@ -193,7 +193,8 @@ async fn sinks_hold_only_good_tokens_and_actions_follow_changes() {
     });
     job.sinks.push(sink);
     // json holds `expires_in`: still the same bytes for the same token after a restart.
-    job.sinks.push(Sink::new(dir.join("token.json"), Format::Json));
+    job.sinks
+        .push(Sink::new(dir.join("token.json"), Format::Json));
 
     // An expired stored token: the catch-up run fails (the emulator is down for it), and
     // nothing is written.

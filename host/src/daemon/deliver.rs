@@ -118,9 +118,10 @@ impl Inner {
         }))
     }
 
-    /// Writes job `i`'s sinks with its stored token and runs the actions of what changed.
-    /// `starting`: the first delivery after start, which runs no job-level action (the
-    /// consumer already had this token, or finds it when it starts).
+    /// Writes job `i`'s sinks with its stored token and runs the actions of what changed:
+    /// a sink's action when its file changed, the job's when any sink changed (or, for a job
+    /// without sinks, at every new token but the first after start, which its consumer
+    /// already had or finds when it starts).
     async fn deliver(self: &Arc<Self>, i: usize, starting: bool) {
         let job = &self.job(i).config;
         let token = match self.current_token(i).await {
