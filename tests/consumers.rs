@@ -17,12 +17,6 @@ use tokenwarden_tests::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tokenwarden-under-test");
 
-fn arc_runtime() -> Arc<tokenwarden::Runtime> {
-    static RT: std::sync::OnceLock<Arc<tokenwarden::Runtime>> = std::sync::OnceLock::new();
-    RT.get_or_init(|| Arc::new(tokenwarden::Runtime::new(pooled()).unwrap()))
-        .clone()
-}
-
 async fn start(jobs: Vec<JobConfig>, f: &Fixture) -> Daemon {
     let coord = Coordination {
         poll_interval: Duration::from_millis(100),
@@ -32,7 +26,7 @@ async fn start(jobs: Vec<JobConfig>, f: &Fixture) -> Daemon {
         jobs,
         &DaemonConfig::default(),
         coord,
-        arc_runtime(),
+        shared_runtime(),
         f.dyn_store(),
     )
     .await
@@ -599,11 +593,4 @@ async fn exec_runs_restarts_signals_and_exits_with_the_command() {
     .await
     .unwrap();
     assert_eq!(status.code(), Some(0));
-}
-
-fn is_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }

@@ -4,7 +4,6 @@
 //! machine does not make them flaky.
 
 use secrecy::SecretString;
-use std::sync::Arc;
 use std::time::Duration;
 use tokenwarden::DaemonConfig;
 use tokenwarden::cli::client;
@@ -31,21 +30,20 @@ fn fast_policy() -> DaemonConfig {
     }
 }
 
-fn arc_runtime() -> Arc<tokenwarden::Runtime> {
-    // Each test gets its own runtime handle on the shared engine cache of this binary.
-    static RT: std::sync::OnceLock<Arc<tokenwarden::Runtime>> = std::sync::OnceLock::new();
-    RT.get_or_init(|| Arc::new(tokenwarden::Runtime::new(tokenwarden_tests::pooled()).unwrap()))
-        .clone()
-}
-
 async fn start(jobs: &[JobConfig], config: &DaemonConfig, f: &Fixture) -> Daemon {
     let coord = Coordination {
         poll_interval: Duration::from_millis(200),
         ..Coordination::default()
     };
-    Daemon::start(jobs.to_vec(), config, coord, arc_runtime(), f.dyn_store())
-        .await
-        .unwrap()
+    Daemon::start(
+        jobs.to_vec(),
+        config,
+        coord,
+        shared_runtime(),
+        f.dyn_store(),
+    )
+    .await
+    .unwrap()
 }
 
 async fn next(events: &mut Receiver<RunEvent>, within: Duration) -> RunEvent {

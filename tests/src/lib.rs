@@ -38,6 +38,14 @@ pub fn runtime() -> &'static Runtime {
     RT.get_or_init(|| Runtime::new(pooled()).expect("runtime"))
 }
 
+/// The same, shared as a daemon takes it: each caller gets a handle on the one engine (and
+/// its compile cache) of this test binary.
+pub fn shared_runtime() -> Arc<Runtime> {
+    static RT: OnceLock<Arc<Runtime>> = OnceLock::new();
+    RT.get_or_init(|| Arc::new(Runtime::new(pooled()).expect("runtime")))
+        .clone()
+}
+
 /// Engine options like the CLI's: an instance pool (roomy, as tests run in parallel), and
 /// the WASI version `$TOKENWARDEN_WASI` names, as the CLI reads it: `.ci/run` runs the
 /// whole suite once per version.
@@ -578,7 +586,8 @@ impl Drop for PgCluster {
     }
 }
 
-fn is_root() -> bool {
+/// Whether the tests run as root (they then run some processes as another user).
+pub fn is_root() -> bool {
     // `id -u` rather than a libc call: the workspace denies unsafe code.
     std::process::Command::new("id")
         .arg("-u")

@@ -68,6 +68,59 @@ pub struct DeliveryStatus {
     pub(super) retrying: bool,
 }
 
+impl CurrentToken {
+    /// The token as `job`'s sinks render it at `now`.
+    fn view<'a>(&'a self, job: &'a str, now: u64) -> sink::Token<'a> {
+        sink::Token {
+            job,
+            access_token: &self.value,
+            token_type: &self.token_type,
+            expires_at: self.expires_at,
+            stored_at: self.stored_at,
+            now,
+        }
+    }
+}
+
+/// The token socket's reads: a job's token now, or once it is newer than the caller's.
+impl super::Daemon {
+    /// Job `name`'s token as the store holds it now (`None`: no such job, or no token).
+    pub async fn token(&self, name: &str) -> Result<Option<CurrentToken>, StoreError> {
+        match self.0.by_name.get(name) {
+            Some(&i) => self.0.current_token(i).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Job `name`'s token once its store revision is above `after`, or whatever it is after
+    /// `wait`.
+    pub async fn token_after(
+        &self,
+        name: &str,
+        after: u64,
+        wait: Duration,
+    ) -> Result<Option<CurrentToken>, StoreError> {
+        let Some(&i) = self.0.by_name.get(name) else {
+            return Ok(None);
+        };
+        let mut changes = self.0.tokens.subscribe();
+        let mut stop = self.0.stop.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.0.job(i).state().token_revision <= after && !*stop.borrow() {
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { break },
+                _ = stop.changed() => break,
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        self.0.current_token(i).await
+    }
+
+    pub(crate) fn count_socket(&self, result: &'static str) {
+        self.0.metrics.socket(result);
+    }
+}
+
 /// How soon a failed sink write is tried again.
 const SINK_RETRY: Duration = Duration::from_secs(10);
 
@@ -81,8 +134,8 @@ impl Inner {
         !c.sinks.is_empty() || c.on_change.is_some()
     }
 
-    /// Notes that job `i`'s stored token changed: wakes the socket's waiters and queues its
-    /// sinks.
+    /// Notes that job `i`'s stored token changed (written or deleted): wakes the socket's
+    /// waiters and queues its sinks (a delivery finding no token does nothing).
     pub(super) fn token_changed(&self, i: usize) {
         self.tokens.send_modify(|n| *n = n.wrapping_add(1));
         if self.has_consumers(i) {
@@ -130,11 +183,7 @@ impl Inner {
             Err(e) => {
                 tracing::warn!(job = %job.name, error = %e, "cannot read the token for the job's sinks; trying again in a second");
                 self.metrics.store_error();
-                let queue = self.deliveries.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    let _ = queue.send(i);
-                });
+                self.requeue_after(i, Duration::from_secs(1));
                 return;
             }
         };
@@ -142,46 +191,25 @@ impl Inner {
             return;
         }
         let now = time::unix_now();
-        let view = sink::Token {
-            job: &job.name,
-            access_token: &token.value,
-            token_type: &token.token_type,
-            expires_at: token.expires_at,
-            stored_at: token.stored_at,
-            now,
-        };
-        if let Some(why) = view.unusable() {
+        if let Some(why) = token.view(&job.name, now).unusable() {
             tracing::warn!(job = %job.name, reason = %why, "not delivering the stored token");
             return;
         }
+        let token = Arc::new(token);
         let mut changed_any = false;
-        let mut failed = None;
+        let mut failed = false;
         for s in &job.sinks {
-            // File writes block (fsync): off the async threads, with owned copies.
-            let owned = (s.clone(), token.value.clone(), token.token_type.clone());
-            let (name, expires_at, stored_at) =
-                (job.name.clone(), token.expires_at, token.stored_at);
-            let result = tokio::task::spawn_blocking(move || {
-                let (s, value, token_type) = owned;
-                sink::write(
-                    &s,
-                    &sink::Token {
-                        job: &name,
-                        access_token: &value,
-                        token_type: &token_type,
-                        expires_at,
-                        stored_at,
-                        now,
-                    },
-                )
-            })
-            .await
-            .unwrap_or_else(|e| {
-                Err(sink::SinkError::Io {
-                    path: s.path.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })
-            });
+            // File writes block (fsync): off the async threads, with shared copies.
+            let (sink, shared, name) = (s.clone(), token.clone(), job.name.clone());
+            let result =
+                tokio::task::spawn_blocking(move || sink::write(&sink, &shared.view(&name, now)))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(sink::SinkError::Io {
+                            path: s.path.clone(),
+                            source: std::io::Error::other(e.to_string()),
+                        })
+                    });
             let outcome = match &result {
                 Ok(Written::Changed) => "written",
                 Ok(Written::Unchanged) => "unchanged",
@@ -207,16 +235,15 @@ impl Inner {
                     st.delivery.last_error = Some(message.clone());
                     drop(st);
                     tracing::error!(job = %job.name, error = %message, "cannot write a sink; it keeps its last good token");
-                    failed = Some(message);
+                    failed = true;
                 }
             }
         }
-        if failed.is_some() {
+        if failed {
             // Tried again (sinks already holding the token are skipped) until it succeeds
             // or a newer token comes; one retry pending per job, however many tokens failed.
-            let mut st = self.job(i).state();
-            if !std::mem::replace(&mut st.delivery.retrying, true) {
-                drop(st);
+            let pending = std::mem::replace(&mut self.job(i).state().delivery.retrying, true);
+            if !pending {
                 let inner = self.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(SINK_RETRY).await;
@@ -236,6 +263,15 @@ impl Inner {
         {
             self.spawn_action(i, action.clone(), token.value.clone());
         }
+    }
+
+    /// Queues job `i` again after `delay`.
+    fn requeue_after(&self, i: usize, delay: Duration) {
+        let queue = self.deliveries.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = queue.send(i);
+        });
     }
 
     fn spawn_action(self: &Arc<Self>, i: usize, action: sink::Action, token: SecretString) {

@@ -218,6 +218,22 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+/// A counter family by `result`, registered with every result's series present from the
+/// start (so a rate over it is defined before the first event).
+fn results(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    each: &[&'static str],
+) -> Family<ResultLabel, Counter> {
+    let family = Family::<ResultLabel, Counter>::default();
+    registry.register(name, help, family.clone());
+    for &result in each {
+        let _ = family.get_or_create(&ResultLabel { result });
+    }
+    family
+}
+
 fn duration_histogram() -> Histogram {
     // 1 ms to about 33 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -276,42 +292,30 @@ impl Metrics {
             "Calls to the secret store that failed because it was unavailable",
             store_errors.clone(),
         );
-        let leases = Family::<ResultLabel, Counter>::default();
-        registry.register(
+        let leases = results(
+            &mut registry,
             "lease_attempts",
             "Requests for a job's lease by this process: granted, held (another process is running the job), moved (another process ran it since this one planned), unavailable (the store was down)",
-            leases.clone(),
+            &["granted", "held", "moved", "unavailable"],
         );
-        for result in ["granted", "held", "moved", "unavailable"] {
-            let _ = leases.get_or_create(&ResultLabel { result });
-        }
-        let sink_writes = Family::<ResultLabel, Counter>::default();
-        registry.register(
+        let sink_writes = results(
+            &mut registry,
             "sink_writes",
             "Sink files this process delivered a token to, by result: written (replaced), unchanged (already held it), failed (kept its last good token)",
-            sink_writes.clone(),
+            &["written", "unchanged", "failed"],
         );
-        for result in ["written", "unchanged", "failed"] {
-            let _ = sink_writes.get_or_create(&ResultLabel { result });
-        }
-        let actions = Family::<ResultLabel, Counter>::default();
-        registry.register(
+        let actions = results(
+            &mut registry,
             "on_change_actions",
             "On-change actions (signals and commands) this process ran, by result",
-            actions.clone(),
+            &["ok", "failed"],
         );
-        for result in ["ok", "failed"] {
-            let _ = actions.get_or_create(&ResultLabel { result });
-        }
-        let socket = Family::<ResultLabel, Counter>::default();
-        registry.register(
+        let socket = results(
+            &mut registry,
             "token_socket_requests",
             "Requests to the token socket, by result: served, refused (caller not allowed, or no such job), unavailable (no unexpired token), bad (malformed request)",
-            socket.clone(),
+            &["served", "refused", "unavailable", "bad"],
         );
-        for result in ["served", "refused", "unavailable", "bad"] {
-            let _ = socket.get_or_create(&ResultLabel { result });
-        }
         registry.register_collector(Box::new(PerJob {
             samples: jobs,
             per_job,

@@ -290,42 +290,6 @@ impl Daemon {
         self.0.by_name.get(name).map(|&i| &self.0.job(i).config)
     }
 
-    /// Job `name`'s token as the store holds it now (`None`: no such job, or no token).
-    pub async fn token(&self, name: &str) -> Result<Option<CurrentToken>, StoreError> {
-        match self.0.by_name.get(name) {
-            Some(&i) => self.0.current_token(i).await,
-            None => Ok(None),
-        }
-    }
-
-    /// Job `name`'s token once its store revision is above `after`, or whatever it is after
-    /// `wait`.
-    pub async fn token_after(
-        &self,
-        name: &str,
-        after: u64,
-        wait: Duration,
-    ) -> Result<Option<CurrentToken>, StoreError> {
-        let Some(&i) = self.0.by_name.get(name) else {
-            return Ok(None);
-        };
-        let mut changes = self.0.tokens.subscribe();
-        let mut stop = self.0.stop.subscribe();
-        let deadline = tokio::time::Instant::now() + wait;
-        while self.0.job(i).state().token_revision <= after && !*stop.borrow() {
-            tokio::select! {
-                r = changes.changed() => if r.is_err() { break },
-                _ = stop.changed() => break,
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        self.0.current_token(i).await
-    }
-
-    pub(crate) fn count_socket(&self, result: &'static str) {
-        self.0.metrics.socket(result);
-    }
-
     /// This daemon's owner name (as lease holder and member).
     pub fn owner(&self) -> &str {
         &self.0.coord.owner
@@ -893,7 +857,7 @@ impl Inner {
                     st.token = None;
                     st.token_expires_at = None;
                     drop(st);
-                    self.tokens.send_modify(|n| *n = n.wrapping_add(1));
+                    self.token_changed(i);
                     touched.entry(i).or_insert(false);
                 }
             }
