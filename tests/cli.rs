@@ -367,6 +367,7 @@ async fn demo_runs_offline_and_tells_the_story() {
         "(json, mode 0600): Bearer token",
         "GET /v1.0/me with the sink's token: HTTP 200",
         "GET /tokens/graph on ",
+        "/graph/me: HTTP 200 (the proxy added the token)",
     ] {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }

@@ -568,7 +568,16 @@ async fn exec_runs_restarts_signals_and_exits_with_the_command() {
         lines(&out2) == ["started", "usr1"]
     })
     .await;
-    child.kill().await.unwrap();
+    // TERM, not KILL: exec forwards it, so the command does not outlive the test (a killed
+    // supervisor cannot).
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
 
     // The command's own exit status.
     let status = exec(vec!["--".into(), "sh".into(), "-c".into(), "exit 7".into()])

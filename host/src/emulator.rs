@@ -3,14 +3,18 @@
 //! `POST /{tenant}/oauth2/v2.0/token` checks grant type, tenant, client, secret and scope in
 //! the order Entra does and answers with Entra-shaped errors (AADSTS codes, trace and
 //! correlation ids) or JWT-shaped tokens. `GET /v1.0/me` is a protected resource that
-//! accepts only unexpired tokens it issued, so a test can prove a stored token works.
-//! Faults are queued per request: from the command line (`--fault`) or at run time with
-//! `POST /_emulator/faults`; `GET /_emulator/stats` counts requests.
+//! accepts only unexpired tokens it issued, so a test can prove a stored token works;
+//! `/v1.0/echo` (any method) is another that sends the request body back, to prove bodies
+//! cross a proxy whole. A presented token that is unknown, expired or revoked gets `401` with
+//! `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750 §3.1);
+//! `POST /_emulator/revoke` revokes every token issued so far, as a continuous access
+//! evaluation event does. Faults are queued per request: from the command line (`--fault`)
+//! or at run time with `POST /_emulator/faults`; `GET /_emulator/stats` counts requests.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -139,6 +143,10 @@ pub struct Stats {
     pub tokens_issued: u64,
     /// Token requests answered by an injected fault.
     pub faults_served: u64,
+    /// Requests to the protected resources (`/v1.0/...`).
+    pub resource_requests: u64,
+    /// Of those, the ones refused for their token.
+    pub resource_refused: u64,
 }
 
 struct Issued {
@@ -216,6 +224,11 @@ impl EmulatorState {
             .any(|i| i.tenant.eq_ignore_ascii_case(tenant) && i.expires > now)
     }
 
+    /// Revokes every token issued so far: the protected resources refuse them from now on.
+    pub fn revoke_all(&self) {
+        self.lock().issued.clear();
+    }
+
     /// Whether `token` is one this emulator issued and has not expired.
     pub fn accepts(&self, token: &str) -> bool {
         self.lock()
@@ -275,7 +288,9 @@ pub fn router(state: EmulatorState) -> Router {
     Router::new()
         .route(&format!("/{{tenant}}{TOKEN_PATH}"), post(token))
         .route("/v1.0/me", get(me))
+        .route("/v1.0/echo", any(echo))
         .route("/_emulator/faults", post(add_faults))
+        .route("/_emulator/revoke", post(revoke))
         .route("/_emulator/stats", get(stats))
         .with_state(state)
 }
@@ -285,6 +300,11 @@ async fn add_faults(
     Json(faults): Json<Vec<Fault>>,
 ) -> StatusCode {
     state.push_faults(faults);
+    StatusCode::NO_CONTENT
+}
+
+async fn revoke(State(state): State<EmulatorState>) -> StatusCode {
+    state.revoke_all();
     StatusCode::NO_CONTENT
 }
 
@@ -552,27 +572,70 @@ fn issue(state: &EmulatorState, tenant: &str, headers: &HeaderMap, body: &[u8]) 
     .into_response()
 }
 
-async fn me(State(state): State<EmulatorState>, headers: HeaderMap) -> Response {
+/// The caller's token, when it is one this emulator issued and it has not expired; else
+/// the `401` a protected resource answers (counted either way).
+fn authorized(
+    state: &EmulatorState,
+    headers: &HeaderMap,
+) -> Result<Json<serde_json::Value>, Box<Response>> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let inner = state.lock();
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let mut inner = state.lock();
+    inner.stats.resource_requests += 1;
+    let now = SystemTime::now();
     match token.and_then(|t| inner.issued.get(t)) {
-        Some(i) if i.expires > SystemTime::now() => Json(json!({
+        Some(i) if i.expires > now => Ok(Json(json!({
             "appId": i.client_id,
             "tenantId": i.tenant,
-            "expiresInSeconds": i.expires.duration_since(SystemTime::now()).map_or(0, |d| d.as_secs()),
-        }))
-        .into_response(),
-        _ => (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(json!({"error": {"code": "InvalidAuthenticationToken", "message": "Access token is empty, expired or was not issued by this emulator."}})),
-        )
-            .into_response(),
+            "expiresInSeconds": i.expires.duration_since(now).map_or(0, |d| d.as_secs()),
+        }))),
+        _ => {
+            inner.stats.resource_refused += 1;
+            // RFC 6750 §3.1: no token at all gets a bare challenge; a bad one says why.
+            let challenge = if token.is_some() {
+                "Bearer error=\"invalid_token\", error_description=\"The access token is expired, revoked or was not issued here\""
+            } else {
+                "Bearer"
+            };
+            Err(Box::new((
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, challenge)],
+                Json(json!({"error": {"code": "InvalidAuthenticationToken", "message": "Access token is empty, expired or was not issued by this emulator."}})),
+            )
+                .into_response()))
+        }
     }
+}
+
+async fn me(State(state): State<EmulatorState>, headers: HeaderMap) -> Response {
+    match authorized(&state, &headers) {
+        Ok(me) => me.into_response(),
+        Err(refused) => *refused,
+    }
+}
+
+/// Sends the request body back as it came (streamed), with the method in `X-Method`.
+async fn echo(
+    State(state): State<EmulatorState>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    if let Err(refused) = authorized(&state, &headers) {
+        return *refused;
+    }
+    let mut reply = Response::new(body);
+    if let Ok(m) = axum::http::HeaderValue::from_str(method.as_str()) {
+        reply.headers_mut().insert("x-method", m);
+    }
+    if let Some(t) = headers.get(header::CONTENT_TYPE) {
+        reply.headers_mut().insert(header::CONTENT_TYPE, t.clone());
+    }
+    reply
 }
 
 #[cfg(test)]

@@ -92,6 +92,9 @@ pub struct JobConfig {
     pub client_auth: ClientAuth,
     /// Origins the plugin may reach; empty means the token endpoint's origin.
     pub allowed_hosts: Vec<Origin>,
+    /// Origins the proxy may send this job's token to (`upstreams`; by default the https
+    /// origins in the scope).
+    pub upstreams: Vec<Origin>,
     /// Whether a plain-`http` token endpoint off loopback is accepted (the client secret
     /// then crosses the network unencrypted).
     pub allow_insecure_http: bool,
@@ -128,6 +131,7 @@ impl JobConfig {
             token_url: None,
             client_auth: ClientAuth::default(),
             allowed_hosts: Vec::new(),
+            upstreams: Vec::new(),
             allow_insecure_http: false,
             schedule: Schedule::Auto,
             plugin: None,

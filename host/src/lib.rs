@@ -30,6 +30,7 @@
 //! feature (on by default), which embedders can turn off.
 
 pub mod admin;
+mod bearer;
 mod bindings;
 mod cache;
 #[cfg(feature = "cli")]
@@ -44,6 +45,7 @@ mod job;
 mod limits;
 mod listen;
 mod outcome;
+pub mod proxy;
 mod redact;
 mod runtime;
 pub mod schedule;

@@ -78,7 +78,7 @@ pub enum SocketError {
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
     /// Binding failed.
-    #[error("cannot serve the token socket at {path}: {source}")]
+    #[error("cannot serve a socket at {path}: {source}")]
     Io {
         /// The path.
         path: PathBuf,

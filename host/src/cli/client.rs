@@ -1,5 +1,6 @@
-//! A minimal HTTP/1.1 client (hyper) for the admin API, the emulator and the token socket:
-//! the demo, `tokenwarden token`/`exec` and the tests use it; scripts would use curl.
+//! A minimal HTTP/1.1 client (hyper) for the admin API, the emulator, the token socket and
+//! the proxy: the demo, `tokenwarden token`/`exec` and the tests use it; scripts would use
+//! curl.
 
 use http_body_util::BodyExt;
 use std::net::SocketAddr;
@@ -28,7 +29,19 @@ pub async fn request(
     bearer: Option<&str>,
 ) -> anyhow::Result<Reply> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
-    send(stream, &addr.to_string(), method, path, bearer).await
+    let auth = bearer.map(|b| (http::header::AUTHORIZATION, b));
+    send(stream, &addr.to_string(), method, path, auth).await
+}
+
+/// `GET path` through the proxy at `addr`, presenting a route's consumer secret.
+pub async fn proxy_get(
+    addr: SocketAddr,
+    path: &str,
+    consumer_secret: &str,
+) -> anyhow::Result<Reply> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let auth = Some((http::header::PROXY_AUTHORIZATION, consumer_secret));
+    send(stream, &addr.to_string(), http::Method::GET, path, auth).await
 }
 
 /// `GET path` on the Unix socket at `socket` (the token socket).
@@ -42,7 +55,7 @@ async fn send(
     host: &str,
     method: http::Method,
     path: &str,
-    bearer: Option<&str>,
+    bearer: Option<(http::HeaderName, &str)>,
 ) -> anyhow::Result<Reply> {
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream)).await?;
@@ -51,8 +64,8 @@ async fn send(
         .method(method)
         .uri(path)
         .header(http::header::HOST, host);
-    if let Some(b) = bearer {
-        req = req.header(http::header::AUTHORIZATION, format!("Bearer {b}"));
+    if let Some((header, b)) = bearer {
+        req = req.header(header, format!("Bearer {b}"));
     }
     let resp = sender
         .send_request(req.body(http_body_util::Empty::<bytes::Bytes>::new())?)

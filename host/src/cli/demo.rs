@@ -27,6 +27,7 @@ const CLIENT_SECRET: &str = "Microsoft Client Secret";
 const TENANT_ID: &str = "Microsoft Tenant ID";
 const ACCESS_TOKEN: &str = "Microsoft Access Token";
 const ADMIN_TOKEN: &str = "Admin Token";
+const PROXY_KEY: &str = "Graph Proxy Key";
 const LIFETIME: Duration = Duration::from_secs(10);
 /// The demo ends by itself well within a minute; this is the hard stop.
 const DEADLINE: Duration = Duration::from_secs(50);
@@ -57,7 +58,9 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
         .tempdir()?;
     let store = Arc::new(SqliteStore::open(&dir.path().join("tokenwarden.db"))?);
     let admin_token = uuid::Uuid::new_v4().to_string();
+    let proxy_key = uuid::Uuid::new_v4().to_string();
     for (name, value) in [
+        (PROXY_KEY, proxy_key.as_str()),
         (CLIENT_ID, emulator::DEMO_CLIENT_ID),
         (CLIENT_SECRET, emulator::DEMO_CLIENT_SECRET),
         (TENANT_ID, emulator::DEMO_TENANT),
@@ -88,6 +91,21 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
         path: dir.path().join("token.sock"),
         mode: crate::socket::DEFAULT_MODE,
         group: None,
+    };
+    // And the proxy: `/graph/...` goes to the emulator's `/v1.0/...` with the token added.
+    let upstream = crate::proxy::Upstream::parse(&format!("{}/v1.0", emulator.authority()))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    job.upstreams = vec![upstream.origin.clone()];
+    let proxy_config = crate::proxy::ProxyConfig {
+        listen: Some("127.0.0.1:0".parse().expect("valid")),
+        socket: None,
+        routes: vec![crate::proxy::Route {
+            prefix: "/graph".into(),
+            upstream,
+            job: "graph".into(),
+            consumer_secret: Some(PROXY_KEY.into()),
+        }],
+        limits: crate::proxy::ProxyLimits::default(),
     };
     // Demo-sized timings: 10 s tokens, sub-second retries.
     let daemon_config = DaemonConfig {
@@ -164,8 +182,16 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
     )
     .await?;
     let mut events = daemon.subscribe();
-    let app = admin::router(daemon.clone(), store_dyn, Some(ADMIN_TOKEN));
+    let app = admin::router(daemon.clone(), store_dyn.clone(), Some(ADMIN_TOKEN));
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let proxy_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let proxy_addr = proxy_listener.local_addr()?;
+    let proxy_server = tokio::spawn(crate::proxy::serve_tcp(
+        proxy_listener,
+        crate::proxy::router(&proxy_config, daemon.clone(), store_dyn.clone()),
+        proxy_config.limits,
+        std::future::pending(),
+    ));
     let socket_server = crate::socket::bind(&socket_config).map(|l| {
         tokio::spawn(crate::socket::serve(
             l,
@@ -271,9 +297,16 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
     let status = get(admin_addr, "/jobs/graph", Some(&admin_token))
         .await?
         .json();
-    let consumers = consumer_paths(&sink_path, &socket_config.path, &emulator).await;
+    let consumers = consumer_paths(
+        &sink_path,
+        &socket_config.path,
+        (proxy_addr, &proxy_key),
+        &emulator,
+    )
+    .await;
     daemon.shutdown(Duration::from_secs(5)).await;
     server.abort();
+    proxy_server.abort();
     if let Ok(s) = socket_server {
         s.abort();
     }
@@ -313,15 +346,23 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What a consumer gets: the sink file's token, used against the emulator's protected
-/// resource, and the same token from the token socket. Lines for the report.
+/// What a consumer gets: the protected resource through the proxy (never seeing the
+/// token), the sink file's token used against it directly, and the same token from the
+/// token socket. Lines for the report.
 async fn consumer_paths(
     sink: &std::path::Path,
     socket: &std::path::Path,
+    (proxy, proxy_key): (std::net::SocketAddr, &str),
     emulator: &Emulator,
 ) -> Vec<String> {
     use std::os::unix::fs::MetadataExt as _;
     let mut lines = Vec::new();
+    let through = super::client::proxy_get(proxy, "/graph/me", proxy_key)
+        .await
+        .map_or(0, |r| r.status);
+    lines.push(format!(
+        "proxy      curl -H 'Proxy-Authorization: Bearer <consumer secret>' http://{proxy}/graph/me: HTTP {through} (the proxy added the token)"
+    ));
     let file: serde_json::Value = std::fs::read(sink)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())

@@ -74,6 +74,10 @@ pub(super) async fn daemon(config_path: &Path) -> anyhow::Result<u8> {
         )),
         None => None,
     };
+    let proxy_listeners = match &config.proxy {
+        Some(p) => Some(bind_proxy(p).await?),
+        None => None,
+    };
     let coord = Coordination::of(&config.store);
     let jobs = std::mem::take(&mut config.jobs);
     let daemon = Daemon::start(jobs, &config.daemon, coord, runtime, store.clone()).await?;
@@ -93,6 +97,32 @@ pub(super) async fn daemon(config_path: &Path) -> anyhow::Result<u8> {
             let _ = socket_stopped.await;
         }))
     });
+    let (stop_proxy, proxy_stopped) = tokio::sync::watch::channel(false);
+    let mut proxy_servers = Vec::new();
+    if let (Some(config), Some((tcp, unix))) = (&config.proxy, proxy_listeners) {
+        let app = crate::proxy::router(config, daemon.clone(), store.clone());
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        if let Some(l) = tcp {
+            tracing::info!(listen = %l.local_addr()?, routes = config.routes.len(), "proxy serving");
+            proxy_servers.push(tokio::spawn(crate::proxy::serve_tcp(
+                l,
+                app.clone(),
+                config.limits,
+                stopped(proxy_stopped.clone()),
+            )));
+        }
+        if let Some(l) = unix {
+            tracing::info!(socket = ?l.local_addr()?.as_pathname(), routes = config.routes.len(), "proxy serving");
+            proxy_servers.push(tokio::spawn(crate::proxy::serve_unix(
+                l,
+                app,
+                config.limits,
+                stopped(proxy_stopped.clone()),
+            )));
+        }
+    }
     tracing::info!(admin = %admin_addr, store = %store.describe(), owner = %daemon.owner(), "tokenwarden running");
     shutdown_signal().await;
     let grace = config.daemon.shutdown_grace;
@@ -102,13 +132,40 @@ pub(super) async fn daemon(config_path: &Path) -> anyhow::Result<u8> {
     );
     let _ = stop_admin.send(());
     let _ = stop_socket.send(());
+    let _ = stop_proxy.send(true);
     let finished = daemon.shutdown(grace).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
     if let Some(s) = socket_server {
         let _ = tokio::time::timeout(Duration::from_secs(1), s).await;
     }
+    for s in proxy_servers {
+        let _ = tokio::time::timeout(Duration::from_secs(1), s).await;
+    }
     tracing::info!(all_runs_finished = finished, "stopped");
     Ok(exit::OK)
+}
+
+/// The proxy's listeners, bound before the daemon starts so an address in use stops this
+/// process before it runs anything.
+async fn bind_proxy(
+    config: &crate::proxy::ProxyConfig,
+) -> anyhow::Result<(
+    Option<tokio::net::TcpListener>,
+    Option<tokio::net::UnixListener>,
+)> {
+    let tcp = match config.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (proxy.listen)"))?,
+        ),
+        None => None,
+    };
+    let unix = match &config.socket {
+        Some(s) => Some(crate::socket::bind(s).map_err(|e| Usage(e.to_string()))?),
+        None => None,
+    };
+    Ok((tcp, unix))
 }
 
 pub(super) async fn emulator(args: EmulatorArgs) -> anyhow::Result<u8> {

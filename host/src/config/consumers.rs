@@ -295,11 +295,12 @@ pub(super) fn consumers(
     })
 }
 
-/// `[socket]`.
+/// `[socket]` (or another Unix socket table, named by `key`).
 pub(super) fn socket(
     cx: &Ctx<'_>,
     raw: &RawSocket,
     base: &Path,
+    key: &str,
 ) -> Result<SocketConfig, ConfigError> {
     let path = base.join(raw.path.get_ref());
     // sun_path holds 108 bytes with its terminating NUL.
@@ -307,7 +308,7 @@ pub(super) fn socket(
         return Err(cx.invalid(
             raw.path.span(),
             format!(
-                "`socket.path` = {} must name a file in at most 107 bytes (a Unix socket's limit)",
+                "`{key}.path` = {} must name a file in at most 107 bytes (a Unix socket's limit)",
                 path.display()
             ),
         ));
@@ -315,13 +316,13 @@ pub(super) fn socket(
     Ok(SocketConfig {
         path,
         mode: match &raw.mode {
-            Some(m) => mode(cx, m, "socket.mode", true)?,
+            Some(m) => mode(cx, m, &format!("{key}.mode"), true)?,
             None => socket::DEFAULT_MODE,
         },
         group: raw
             .group
             .as_ref()
-            .map(|g| id(cx, g, "socket.group", true))
+            .map(|g| id(cx, g, &format!("{key}.group"), true))
             .transpose()?,
     })
 }

@@ -6,6 +6,7 @@
 mod blocks;
 mod consumers;
 mod parse;
+mod proxy;
 mod raw;
 
 pub use parse::ConfigError;
@@ -13,6 +14,7 @@ pub use parse::ConfigError;
 use crate::admin::AdminConfig;
 use crate::daemon::DaemonConfig;
 use crate::job::{JobConfig, WasiVersion};
+use crate::proxy::ProxyConfig;
 use crate::socket::SocketConfig;
 use crate::store::StoreConfig;
 use std::path::{Path, PathBuf};
@@ -41,6 +43,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// The token socket (`[socket]`), when the daemon serves one.
     pub socket: Option<SocketConfig>,
+    /// The bearer-injecting proxy (`[proxy]`), when the daemon runs one.
+    pub proxy: Option<ProxyConfig>,
     /// The jobs, in file order.
     pub jobs: Vec<JobConfig>,
 }

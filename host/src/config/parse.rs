@@ -160,7 +160,7 @@ impl Ctx<'_> {
     }
 
     /// A size within `range`, as bytes or text such as `"64 MiB"`.
-    fn size(
+    pub(super) fn size(
         &self,
         v: &Spanned<RawSize>,
         key: &str,
@@ -183,7 +183,7 @@ impl Ctx<'_> {
     }
 
     /// A whole number within `range`.
-    fn count(
+    pub(super) fn count(
         &self,
         v: &Spanned<i64>,
         key: &str,
@@ -269,7 +269,7 @@ fn parse_with(text: &str, path: &Path, blockwise: bool) -> Result<Config, Config
     let socket = raw
         .socket
         .as_ref()
-        .map(|s| super::consumers::socket(&cx, s, base))
+        .map(|s| super::consumers::socket(&cx, s, base, "socket"))
         .transpose()?;
     let wasi = raw
         .wasi
@@ -356,6 +356,28 @@ fn parse_with(text: &str, path: &Path, blockwise: bool) -> Result<Config, Config
         writers.insert(token, (config.name.clone(), span));
         jobs.push(config);
     }
+    let proxy = match &raw.proxy {
+        Some(p) => {
+            let proxy = super::proxy::proxy(&cx, p.get_ref(), p.span(), base, &jobs)?;
+            for (k, route) in proxy.routes.iter().enumerate() {
+                if let Some(secret) = &route.consumer_secret {
+                    readers
+                        .entry(secret.clone())
+                        .or_insert_with(|| format!("`proxy.routes[{k}].consumer_secret`"));
+                }
+            }
+            if let (Some(a), Some(b)) = (&proxy.socket, &socket)
+                && super::consumers::resolved(&a.path) == super::consumers::resolved(&b.path)
+            {
+                return Err(cx.invalid(
+                    p.span(),
+                    "`proxy.socket.path` is also `socket.path`: give each its own socket".into(),
+                ));
+            }
+            Some(proxy)
+        }
+        None => None,
+    };
     for (name, (job, span)) in &writers {
         if let Some(reader) = readers.get(name) {
             return Err(cx.invalid(
@@ -373,6 +395,7 @@ fn parse_with(text: &str, path: &Path, blockwise: bool) -> Result<Config, Config
         admin,
         daemon,
         socket,
+        proxy,
         jobs,
     })
 }
@@ -658,13 +681,6 @@ fn endpoint(
     Ok(origin)
 }
 
-fn is_loopback_host(host: &str) -> bool {
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 fn job_config(
     cx: &Ctx<'_>,
     j: RawJob,
@@ -735,7 +751,7 @@ fn job_config(
     }
     if let Some((origin, span, key)) = &endpoint_origin
         && origin.scheme == "http"
-        && !is_loopback_host(&origin.host)
+        && !super::proxy::is_loopback_host(&origin.host)
         && !j.allow_insecure_http
     {
         return Err(cx.invalid(
@@ -823,6 +839,13 @@ fn job_config(
         .as_ref()
         .map(|a| super::consumers::on_change(cx, a, &format!("jobs.{name}.on_change"), base))
         .transpose()?;
+    let upstreams = super::proxy::upstreams(
+        cx,
+        j.upstreams.as_ref(),
+        &j.scope,
+        j.allow_insecure_http,
+        &name,
+    )?;
     let consumers = j
         .consumers
         .as_ref()
@@ -836,6 +859,7 @@ fn job_config(
         token_url: j.token_url.map(Spanned::into_inner),
         client_auth: j.client_auth,
         allowed_hosts,
+        upstreams,
         allow_insecure_http: j.allow_insecure_http,
         schedule,
         plugin: j.plugin.map(|p| base.join(p)),

@@ -18,8 +18,33 @@ pub(super) struct RawConfig {
     pub(super) daemon: Option<RawDaemon>,
     pub(super) limits: Option<RawLimits>,
     pub(super) socket: Option<RawSocket>,
+    pub(super) proxy: Option<Spanned<RawProxy>>,
     #[serde(default)]
     pub(super) jobs: Vec<Spanned<RawJob>>,
+}
+
+/// `[proxy]`: the bearer-injecting proxy.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProxy {
+    pub(super) listen: Option<Spanned<String>>,
+    pub(super) socket: Option<RawSocket>,
+    pub(super) max_request_body: Option<Spanned<RawSize>>,
+    pub(super) max_response_body: Option<Spanned<RawSize>>,
+    pub(super) timeout: Option<Spanned<String>>,
+    pub(super) max_connections: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(super) routes: Vec<Spanned<RawRoute>>,
+}
+
+/// `[[proxy.routes]]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub(super) prefix: Spanned<String>,
+    pub(super) upstream: Spanned<String>,
+    pub(super) job: Spanned<String>,
+    pub(super) consumer_secret: Option<Spanned<String>>,
 }
 
 /// `[socket]`: the token socket.
@@ -154,6 +179,7 @@ pub(super) struct RawJob {
     #[serde(default)]
     pub(super) client_auth: ClientAuth,
     pub(super) allowed_hosts: Option<Vec<Spanned<String>>>,
+    pub(super) upstreams: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     pub(super) allow_insecure_http: bool,
     pub(super) schedule: Option<Spanned<String>>,

@@ -204,9 +204,11 @@ pub struct Metrics {
     sink_writes: Family<ResultLabel, Counter>,
     actions: Family<ResultLabel, Counter>,
     socket: Family<ResultLabel, Counter>,
+    proxy: Family<ResultLabel, Counter>,
+    proxy_retries: Family<ResultLabel, Counter>,
 }
 
-/// A `result` label: lease attempts, sink writes, actions, socket requests.
+/// A `result` label: lease attempts, sink writes, actions, socket and proxy requests.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
@@ -316,6 +318,18 @@ impl Metrics {
             "Requests to the token socket, by result: served, refused (caller not allowed, or no such job), unavailable (no unexpired token), bad (malformed request)",
             &["served", "refused", "unavailable", "bad"],
         );
+        let proxy = results(
+            &mut registry,
+            "proxy_requests",
+            "Requests to the proxy, by result: the upstream's status class (1xx to 5xx), refused (not a consumer of the route), no_route, bad_request, no_token (none unexpired, or the store down), upstream_failed (unreachable, timed out, or failed mid-exchange)",
+            &super::traffic::PROXY_RESULTS,
+        );
+        let proxy_retries = results(
+            &mut registry,
+            "proxy_refresh_retries",
+            "Proxied requests whose token the upstream rejected (401 invalid_token), by what followed: refreshed (the job was refreshed and the request sent again), newer_token (sent again with a token another refresh got), throttled (refreshed less than 30 s ago: the 401 went back), failed (the refresh failed: the 401 went back)",
+            &super::traffic::RETRY_RESULTS,
+        );
         registry.register_collector(Box::new(PerJob {
             samples: jobs,
             per_job,
@@ -325,6 +339,8 @@ impl Metrics {
             sink_writes,
             actions,
             socket,
+            proxy,
+            proxy_retries,
             registry,
             errors,
             duration,
@@ -384,6 +400,18 @@ impl Metrics {
     /// Counts a token socket request by its result.
     pub fn socket(&self, result: &'static str) {
         self.socket.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts a proxied request by its result.
+    pub fn proxy(&self, result: &'static str) {
+        self.proxy.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts what followed a token the upstream rejected.
+    pub fn proxy_retry(&self, result: &'static str) {
+        self.proxy_retries
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     /// Counts a caught panic in `component`.

@@ -28,6 +28,7 @@ mod record;
 mod run;
 mod settings;
 mod status;
+mod traffic;
 
 pub use deliver::{CurrentToken, DeliveryStatus};
 pub use record::{ErrorRecord, RunRecord, Trigger};
@@ -35,6 +36,7 @@ pub(crate) use run::{Attempt, Leasing, Ran};
 pub(crate) use settings::owner_name;
 pub use settings::{Coordination, DaemonConfig};
 pub use status::{JobStatus, RunEvent, TriggerError};
+pub use traffic::{ProxyResult, ProxyStatus};
 
 use run::panic_text;
 
@@ -76,6 +78,8 @@ struct JobState {
     store_failures: u32,
     /// What its sinks and actions did.
     delivery: DeliveryStatus,
+    /// What the proxy did with its token (from the first proxied request on).
+    proxy: Option<ProxyStatus>,
 }
 
 struct Job {
@@ -215,6 +219,7 @@ impl Daemon {
                 counts: [0; 3],
                 store_failures: 0,
                 delivery: DeliveryStatus::default(),
+                proxy: None,
             };
             if let Some(row) = row {
                 adopt_row(&mut state, row, now_ms);
@@ -520,6 +525,7 @@ impl Inner {
             lease_holder: st.lease.as_ref().map(|(h, _)| h.clone()),
             lease_until_ms: st.lease.as_ref().map(|(_, u)| *u),
             delivery: self.has_consumers(i).then(|| st.delivery.clone()),
+            proxy: st.proxy.clone(),
         }
     }
 

@@ -35,6 +35,9 @@ pub struct JobStatus {
     /// What its sinks and on-change actions did in this daemon; absent for a job with none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery: Option<super::DeliveryStatus>,
+    /// What the proxy did with its token in this daemon; absent until a request used it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<super::ProxyStatus>,
 }
 
 /// Published after every run of this daemon, for the demo, tests and embedders.

@@ -301,6 +301,20 @@ fn tls_failure(err: &std::io::Error) -> (ErrorCode, String) {
     }
 }
 
+/// A failed exchange in words: the cause of a connect or TLS failure, else the error's own.
+pub(crate) fn describe(err: &wasmtime_wasi_http::Error) -> String {
+    use wasmtime_wasi_http::Error as E;
+    match err {
+        E::Connect(io) => connect_failure(io).1,
+        E::Tls(io) => tls_failure(io).1,
+        E::DestinationIpProhibited => {
+            "the upstream's name resolves only to non-public addresses it may not reach".into()
+        }
+        E::Hyper(h) => format!("HTTP: {h}"),
+        other => other.to_string(),
+    }
+}
+
 impl WasiHttpHooks for EgressPolicy {
     fn send_request(
         &mut self,
