@@ -683,7 +683,7 @@ fn endpoint(
 
 fn job_config(
     cx: &Ctx<'_>,
-    j: RawJob,
+    mut j: RawJob,
     span: Range<usize>,
     default_limits: &RunLimits,
     base: &Path,
@@ -723,6 +723,32 @@ fn job_config(
                 "names one of the job's own credentials; the token needs a name of its own".into(),
             ),
         ));
+    }
+    if let Some(cloud) = j.cloud.take() {
+        if j.authority.is_some() || j.token_url.is_some() {
+            return Err(cx.invalid(
+                cloud.span(),
+                ctx(
+                    "cloud",
+                    "presets the authority: give one of `cloud`, `authority` or `token_url`".into(),
+                ),
+            ));
+        }
+        let Some(preset) = entra::CLOUDS.iter().find(|c| c.name == cloud.get_ref()) else {
+            let names: Vec<&str> = entra::CLOUDS.iter().map(|c| c.name).collect();
+            return Err(cx.invalid(
+                cloud.span(),
+                ctx(
+                    "cloud",
+                    format!(
+                        "= {} is not one of {}",
+                        crate::text::quoted(cloud.get_ref()),
+                        names.join(", ")
+                    ),
+                ),
+            ));
+        };
+        j.authority = Some(Spanned::new(cloud.span(), preset.authority.to_string()));
     }
     let mut endpoint_origin = None;
     for (key, value) in [("authority", &j.authority), ("token_url", &j.token_url)] {
@@ -1075,6 +1101,36 @@ access_token = "token"
             let e = err(&GOOD.replace("path = \"data/tw.db\"", &format!("path = \"x.db\"\n{bad}")));
             assert!(e.contains(bad.split(' ').next().unwrap()), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn cloud_presets_set_the_authority_from_the_one_list() {
+        let job = |extra: &str| {
+            format!(
+                "[[jobs]]\nname = \"j\"\nscope = \"https://microsoftgraph.chinacloudapi.cn/.default\"\n{extra}\n[jobs.secrets]\nclient_id = \"id\"\nclient_secret = \"secret\"\ntenant_id = \"t\"\naccess_token = \"token\"\n"
+            )
+        };
+        for cloud in tokenwarden_contract::entra::CLOUDS {
+            let c = parse(&job(&format!("cloud = \"{}\"", cloud.name))).unwrap();
+            assert_eq!(c.jobs[0].authority.as_deref(), Some(cloud.authority));
+        }
+        let china = parse(&job("cloud = \"china\"")).unwrap();
+        assert_eq!(
+            china.jobs[0].upstreams,
+            vec![Origin::of_url("https://microsoftgraph.chinacloudapi.cn").unwrap()]
+        );
+        let e = err(&job("cloud = \"mars\""));
+        assert!(
+            e.contains("public, usgov, china") && e.contains("line 4"),
+            "{e}"
+        );
+        let e = err(&job(
+            "cloud = \"usgov\"\nauthority = \"https://login.microsoftonline.us\"",
+        ));
+        assert!(
+            e.contains("one of `cloud`, `authority` or `token_url`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -174,6 +174,7 @@ pub(super) struct RawJob {
     pub(super) name: Spanned<String>,
     #[serde(default)]
     pub(super) scope: String,
+    pub(super) cloud: Option<Spanned<String>>,
     pub(super) authority: Option<Spanned<String>>,
     pub(super) token_url: Option<Spanned<String>>,
     #[serde(default)]
