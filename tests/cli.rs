@@ -787,3 +787,116 @@ async fn run_refuses_an_unauthenticated_admin_api_off_loopback() {
         .unwrap();
     assert!(err.contains("token_secret"), "{err}");
 }
+
+/// The emulator over TLS with a certificate for 127.0.0.1 that a private CA signed; the CA's
+/// PEM.
+async fn private_ca_emulator() -> (emulator::EmulatorState, std::net::SocketAddr, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "tokenwarden test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone(), ca.der().clone()], key)
+    .unwrap();
+
+    struct Tls {
+        tcp: tokio::net::TcpListener,
+        acceptor: tokio_rustls::TlsAcceptor,
+    }
+    impl axum::serve::Listener for Tls {
+        type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+        type Addr = std::net::SocketAddr;
+        async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+            loop {
+                let Ok((tcp, addr)) = self.tcp.accept().await else {
+                    continue;
+                };
+                // A client that does not trust the CA ends its handshake: next.
+                if let Ok(tls) = self.acceptor.accept(tcp).await {
+                    return (tls, addr);
+                }
+            }
+        }
+        fn local_addr(&self) -> std::io::Result<Self::Addr> {
+            self.tcp.local_addr()
+        }
+    }
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let state = emulator::EmulatorState::new(emulator::EmulatorConfig::default());
+    let app = emulator::router(state.clone());
+    let listener = Tls {
+        tcp,
+        acceptor: tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)),
+    };
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (state, addr, ca.pem())
+}
+
+/// An identity provider whose certificate a private CA signed: refused with the web PKI
+/// roots (and with the system's), trusted with `[tls] ca_file`; a CA file that is missing or
+/// holds no certificate fails when the config loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_ca_is_trusted_only_when_configured() {
+    let (state, addr, ca_pem) = private_ca_emulator().await;
+    let cli = Cli::new(&format!("https://127.0.0.1:{}", addr.port())).await;
+    std::fs::write(cli.dir.path().join("ca.pem"), &ca_pem).unwrap();
+    let base = std::fs::read_to_string(cli.config_path()).unwrap();
+    let with_tls = |tls: &str| std::fs::write(cli.config_path(), format!("{tls}\n{base}")).unwrap();
+
+    for tls in ["", "[tls]\nroots = \"system\"", "[tls]\nroots = \"both\""] {
+        with_tls(tls);
+        let o = cli.run(&["refresh", "graph"], None).await;
+        assert_ne!(code(&o), 0, "{tls}");
+        assert!(
+            text(&o.stderr).contains("unknown authority"),
+            "{tls}: {}",
+            text(&o.stderr)
+        );
+    }
+    assert_eq!(state.stats().tokens_issued, 0);
+
+    for tls in [
+        "[tls]\nca_file = \"ca.pem\"",
+        "[tls]\nroots = \"both\"\nca_file = \"ca.pem\"",
+    ] {
+        with_tls(tls);
+        let o = cli.run(&["refresh", "graph"], None).await;
+        assert_eq!(code(&o), 0, "{tls}: {}", text(&o.stderr));
+        use tokenwarden::SecretStore as _;
+        let token = tokenwarden::SqliteStore::open(&cli.store_path())
+            .unwrap()
+            .get(ACCESS_TOKEN)
+            .await
+            .unwrap()
+            .unwrap();
+        use secrecy::ExposeSecret;
+        assert!(state.accepts(token.value.expose_secret()));
+    }
+
+    std::fs::write(cli.dir.path().join("empty.pem"), "").unwrap();
+    for (tls, why) in [
+        ("[tls]\nca_file = \"missing.pem\"", "missing.pem"),
+        ("[tls]\nca_file = \"empty.pem\"", "no `BEGIN CERTIFICATE`"),
+        ("[tls]\nroots = \"mozilla\"", "webpki, system, both"),
+    ] {
+        with_tls(tls);
+        let o = cli.run(&["config", "check"], None).await;
+        assert_ne!(code(&o), 0, "{tls}");
+        assert!(text(&o.stderr).contains(why), "{tls}: {}", text(&o.stderr));
+    }
+}

@@ -188,7 +188,12 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
     let proxy_addr = proxy_listener.local_addr()?;
     let proxy_server = tokio::spawn(crate::proxy::serve_tcp(
         proxy_listener,
-        crate::proxy::router(&proxy_config, daemon.clone(), store_dyn.clone()),
+        crate::proxy::router(
+            &proxy_config,
+            daemon.clone(),
+            store_dyn.clone(),
+            Arc::new(crate::egress::NetTransport::default()),
+        ),
         proxy_config.limits,
         std::future::pending(),
     ));

@@ -429,8 +429,13 @@ fn config_path(top: &Option<PathBuf>, sub: &ConfigArg) -> PathBuf {
 /// top-level `wasi`, else 0.2; the engine has 0.3 support only when some job can use it.
 fn runtime_options(config: &Config) -> anyhow::Result<RuntimeOptions> {
     let wasi = default_wasi(config.wasi)?;
+    // One transport for the runs and the proxy: one connection pool, one trust.
+    let tls = config.tls.client_config()?;
+    let transport: Arc<dyn crate::egress::Transport> =
+        Arc::new(crate::egress::NetTransport::default().with_tls(tls));
     Ok(RuntimeOptions {
         wasi,
+        transport: Some(transport),
         allow_wasi_0_3: config
             .jobs
             .iter()
@@ -442,7 +447,6 @@ fn runtime_options(config: &Config) -> anyhow::Result<RuntimeOptions> {
             config.daemon.max_concurrent_runs,
             &config.jobs,
         )),
-        ..RuntimeOptions::default()
     })
 }
 

@@ -44,7 +44,9 @@ pub(super) async fn daemon(config_path: &Path) -> anyhow::Result<u8> {
     let descriptors = crate::limits::raise_descriptor_limit();
     tracing::debug!(?descriptors, "open-file limit");
     let store = open_store(&config, Access::ReadWrite).await?;
-    let runtime = Arc::new(Runtime::new(runtime_options(&config)?)?);
+    let options = runtime_options(&config)?;
+    let transport = options.transport.clone();
+    let runtime = Arc::new(Runtime::new(options)?);
     let started = std::time::Instant::now();
     for job in &config.jobs {
         runtime
@@ -100,7 +102,9 @@ pub(super) async fn daemon(config_path: &Path) -> anyhow::Result<u8> {
     let (stop_proxy, proxy_stopped) = tokio::sync::watch::channel(false);
     let mut proxy_servers = Vec::new();
     if let (Some(config), Some((tcp, unix))) = (&config.proxy, proxy_listeners) {
-        let app = crate::proxy::router(config, daemon.clone(), store.clone());
+        let transport =
+            transport.unwrap_or_else(|| Arc::new(crate::egress::NetTransport::default()));
+        let app = crate::proxy::router(config, daemon.clone(), store.clone(), transport);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };

@@ -5,6 +5,7 @@
 
 mod blocks;
 mod consumers;
+mod network;
 mod parse;
 mod proxy;
 mod raw;
@@ -43,6 +44,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// The token socket (`[socket]`), when the daemon serves one.
     pub socket: Option<SocketConfig>,
+    /// What HTTPS connections trust (`[tls]`).
+    pub tls: crate::egress::Trust,
     /// The bearer-injecting proxy (`[proxy]`), when the daemon runs one.
     pub proxy: Option<ProxyConfig>,
     /// The jobs, in file order.

@@ -276,6 +276,10 @@ fn parse_with(text: &str, path: &Path, blockwise: bool) -> Result<Config, Config
         .as_ref()
         .map(|w| wasi_version(&cx, w, "wasi"))
         .transpose()?;
+    let tls = match &raw.tls {
+        Some(t) => super::network::tls(&cx, t, base)?,
+        None => crate::egress::Trust::default(),
+    };
     let default_limits = match &raw.limits {
         Some(l) => limits(&cx, l, RunLimits::default(), "limits")?,
         None => RunLimits::default(),
@@ -395,6 +399,7 @@ fn parse_with(text: &str, path: &Path, blockwise: bool) -> Result<Config, Config
         admin,
         daemon,
         socket,
+        tls,
         proxy,
         jobs,
     })

@@ -19,8 +19,17 @@ pub(super) struct RawConfig {
     pub(super) limits: Option<RawLimits>,
     pub(super) socket: Option<RawSocket>,
     pub(super) proxy: Option<Spanned<RawProxy>>,
+    pub(super) tls: Option<RawTls>,
     #[serde(default)]
     pub(super) jobs: Vec<Spanned<RawJob>>,
+}
+
+/// `[tls]`: what HTTPS connections trust.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) roots: Option<Spanned<String>>,
+    pub(super) ca_file: Option<Spanned<PathBuf>>,
 }
 
 /// `[proxy]`: the bearer-injecting proxy.

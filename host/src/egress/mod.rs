@@ -10,9 +10,11 @@
 //! whatever the guest asks.
 
 mod send;
+mod trust;
 
 pub use send::NetTransport;
 pub(crate) use send::tls_config;
+pub use trust::{Roots, Trust, TrustError};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -150,6 +150,7 @@ async fn connect(
     https: bool,
     host: &str,
     timeout: Duration,
+    tls: &Arc<rustls::ClientConfig>,
 ) -> Result<Box<dyn Stream>, Error> {
     let mut last = Error::ConnectionRefused;
     for addr in addrs {
@@ -162,7 +163,7 @@ async fn connect(
                     return Ok(Box::new(tcp));
                 }
                 let name = rustls::pki_types::ServerName::try_from(host.to_string())?;
-                let tls = tokio_rustls::TlsConnector::from(tls_config());
+                let tls = tokio_rustls::TlsConnector::from(tls.clone());
                 return match tokio::time::timeout(timeout, tls.connect(name, tcp)).await {
                     Err(_) => Err(Error::ConnectionTimeout),
                     Ok(Err(e)) => Err(Error::Tls(e)),
@@ -327,6 +328,7 @@ impl Pool {
 /// The default [`Transport`]: vetted connections, host limits, keep-alive.
 pub struct NetTransport {
     pool: Arc<Pool>,
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl Default for NetTransport {
@@ -345,7 +347,15 @@ impl NetTransport {
                 max_idle_per_key: max_idle_per_origin,
                 idle_timeout,
             }),
+            tls: tls_config(),
         }
+    }
+
+    /// This transport trusting what `tls` trusts (see [`super::Trust::client_config`])
+    /// instead of the built-in web PKI roots.
+    pub fn with_tls(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = tls;
+        self
     }
 }
 
@@ -357,7 +367,14 @@ impl Transport for NetTransport {
         allowed: Arc<Vec<Origin>>,
         limits: HttpLimits,
     ) -> SendFuture {
-        Box::pin(send(request, options, allowed, limits, self.pool.clone()))
+        Box::pin(send(
+            request,
+            options,
+            allowed,
+            limits,
+            self.pool.clone(),
+            self.tls.clone(),
+        ))
     }
 }
 
@@ -368,6 +385,7 @@ async fn send(
     allowed: Arc<Vec<Origin>>,
     limits: HttpLimits,
     pool: Arc<Pool>,
+    tls: Arc<rustls::ClientConfig>,
 ) -> Result<Sent, Error> {
     let uri = request.uri().clone();
     let https = uri.scheme_str() == Some("https");
@@ -392,7 +410,7 @@ async fn send(
         Some(sender) => sender,
         None => {
             let addrs = vetted_addresses(scheme, &host, port, &allowed, connect_timeout).await?;
-            let stream = connect(&addrs, https, &host, connect_timeout).await?;
+            let stream = connect(&addrs, https, &host, connect_timeout, &tls).await?;
             let (sender, conn) = hyper::client::conn::http1::Builder::new()
                 .max_headers(limits.max_response_headers)
                 .max_buf_size(limits.max_response_header_bytes.max(8192))

@@ -5,7 +5,7 @@
 
 use super::{Proxy, RETRY_BODY, Route, refusal};
 use crate::daemon::{CurrentToken, ProxyResult};
-use crate::egress::{HttpLimits, Origin, Transport as _};
+use crate::egress::{HttpLimits, Origin};
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;

@@ -10,7 +10,7 @@
 //!   every request) as `Proxy-Authorization: Bearer <secret>`, compared in equal time.
 //! - **Where the token may go.** A route's upstream must be one of its job's `upstreams`
 //!   (checked when the config loads), and the request is sent through the plugin's egress
-//!   ([`NetTransport`]): the name is resolved and non-public addresses are refused unless the
+//!   ([`crate::egress::NetTransport`]): the name is resolved and non-public addresses are refused unless the
 //!   upstream names that address itself; redirects are never followed; timeouts, response
 //!   header and body sizes are bounded.
 //! - **Bodies stream both ways**; only a small body of an idempotent request is held, so that
@@ -27,7 +27,7 @@ mod forward;
 pub(crate) use forward::clean_path;
 
 use crate::daemon::{CurrentToken, Daemon, ProxyResult};
-use crate::egress::{NetTransport, Origin};
+use crate::egress::{Origin, Transport};
 use crate::listen::Peer;
 use crate::socket::SocketConfig;
 use crate::store::SecretStore;
@@ -169,7 +169,7 @@ struct Inner {
     routes: Vec<(Route, Arc<Vec<Origin>>)>,
     daemon: Daemon,
     store: Arc<dyn SecretStore>,
-    transport: NetTransport,
+    transport: Arc<dyn Transport>,
     limits: ProxyLimits,
     /// Each job's token as last read from the store, reused while its revision is current.
     tokens: Mutex<HashMap<String, Arc<CurrentToken>>>,
@@ -179,8 +179,15 @@ struct Inner {
     refreshes: HashMap<String, tokio::sync::Mutex<Option<Instant>>>,
 }
 
-/// The proxy's routes as an axum app: every method and path goes to the forwarder.
-pub fn router(config: &ProxyConfig, daemon: Daemon, store: Arc<dyn SecretStore>) -> Router {
+/// The proxy's routes as an axum app: every method and path goes to the forwarder, which
+/// sends through `transport` (the daemon's, shared with its runs: the egress vetting, the
+/// trusted roots and the connection pool).
+pub fn router(
+    config: &ProxyConfig,
+    daemon: Daemon,
+    store: Arc<dyn SecretStore>,
+    transport: Arc<dyn Transport>,
+) -> Router {
     let mut routes: Vec<(Route, Arc<Vec<Origin>>)> = config
         .routes
         .iter()
@@ -196,7 +203,7 @@ pub fn router(config: &ProxyConfig, daemon: Daemon, store: Arc<dyn SecretStore>)
         routes,
         daemon,
         store,
-        transport: NetTransport::default(),
+        transport,
         limits: config.limits,
         tokens: Mutex::default(),
         refreshes,
