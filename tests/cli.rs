@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
+use std::time::Duration;
 use tokenwarden::emulator::{self, Fault};
 use tokenwarden_tests::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -899,4 +900,166 @@ async fn a_private_ca_is_trusted_only_when_configured() {
         assert_ne!(code(&o), 0, "{tls}");
         assert!(text(&o.stderr).contains(why), "{tls}: {}", text(&o.stderr));
     }
+}
+
+/// tinyproxy, a real HTTP proxy, on loopback, asking for Basic credentials `tw:s3cret`.
+struct Tinyproxy {
+    _child: tokio::process::Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tinyproxy {
+    async fn start() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = ["/usr/bin/tinyproxy", "/usr/sbin/tinyproxy"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("tinyproxy is installed (.ci/run installs it: apt-get install tinyproxy)");
+        let dir = tempfile::tempdir().unwrap();
+        // tinyproxy started as root runs as nobody, which must write its log here.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = dir.path().join("tinyproxy.log");
+        let user = if is_root() {
+            "User nobody\nGroup nogroup\n"
+        } else {
+            ""
+        };
+        let conf = dir.path().join("tinyproxy.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "{user}Port {port}\nListen 127.0.0.1\nTimeout 30\nLogFile \"{}\"\nLogLevel Info\nMaxClients 20\nAllow 127.0.0.1\nBasicAuth tw s3cret\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        let child = tokio::process::Command::new(bin)
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        eventually(Duration::from_secs(10), "tinyproxy listens", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+        Self {
+            _child: child,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// The tunnels it opened to `target`.
+    fn tunnels_to(&self, target: std::net::SocketAddr) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches(&format!("CONNECT {target}"))
+            .count()
+    }
+}
+
+/// Through a corporate proxy (tinyproxy, with Basic credentials from the store): the run
+/// reaches the identity provider through a CONNECT tunnel, with TLS to the provider inside
+/// it; wrong credentials, a proxy that is down and `no_proxy` behave as the operator expects,
+/// and the credentials appear in no output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbound_proxy_tunnels_the_run_to_the_identity_provider() {
+    let (state, addr, ca_pem) = private_ca_emulator().await;
+    let proxy = Tinyproxy::start().await;
+    let cli = Cli::new(&format!("https://127.0.0.1:{}", addr.port())).await;
+    std::fs::write(cli.dir.path().join("ca.pem"), &ca_pem).unwrap();
+    let base = std::fs::read_to_string(cli.config_path()).unwrap();
+    let with = |egress: &str| {
+        std::fs::write(
+            cli.config_path(),
+            format!("[tls]\nca_file = \"ca.pem\"\n{egress}\n{base}"),
+        )
+        .unwrap()
+    };
+    let egress = format!(
+        "[egress]\nproxy = \"http://127.0.0.1:{}\"\nproxy_credentials = \"Proxy Login\"",
+        proxy.port
+    );
+    let set_login = async |value: &str| {
+        let o = cli
+            .run(&["secrets", "set", "Proxy Login"], Some(value))
+            .await;
+        assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    };
+
+    set_login("tw:s3cret").await;
+    with(&egress);
+    let o = cli.run(&["refresh", "graph"], None).await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert_eq!(proxy.tunnels_to(addr), 1, "the run went through the proxy");
+    assert_eq!(state.stats().tokens_issued, 1);
+
+    // Refused credentials: the run fails saying so, without the password.
+    set_login("tw:wrong-password").await;
+    let o = cli.run(&["refresh", "graph"], None).await;
+    assert_ne!(code(&o), 0);
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("refused them") && err.contains("egress proxy"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong-password") && !text(&o.stdout).contains("wrong-password"));
+    assert_eq!(state.stats().tokens_issued, 1);
+
+    // no_proxy names the provider: reached directly.
+    with(&format!("{egress}\nno_proxy = [\"127.0.0.1\"]"));
+    let o = cli.run(&["refresh", "graph"], None).await;
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert_eq!(state.stats().tokens_issued, 2);
+
+    // proxy = "env": $HTTPS_PROXY names it.
+    set_login("tw:s3cret").await;
+    with("[egress]\nproxy = \"env\"\nproxy_credentials = \"Proxy Login\"");
+    let o = tokio::process::Command::new(BIN)
+        .args(["refresh", "graph"])
+        .current_dir(cli.dir.path())
+        .env_remove("TOKENWARDEN_CONFIG")
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .env("HTTPS_PROXY", format!("127.0.0.1:{}", proxy.port))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert_eq!(
+        proxy.tunnels_to(addr),
+        3,
+        "one refused, one through $HTTPS_PROXY"
+    );
+    assert_eq!(state.stats().tokens_issued, 3);
+
+    // A proxy that is down: the run fails naming it.
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    with(&format!("[egress]\nproxy = \"http://127.0.0.1:{down}\""));
+    let o = cli.run(&["refresh", "graph"], None).await;
+    assert_ne!(code(&o), 0);
+    assert!(
+        text(&o.stderr).contains(&format!("egress proxy 127.0.0.1:{down}")),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(state.stats().tokens_issued, 3);
 }

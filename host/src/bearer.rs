@@ -17,9 +17,15 @@ pub(crate) fn credentials(value: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Equal-time comparison, so response timing does not reveal how much of a guess matched.
+/// Equal-time comparison, so response timing reveals neither how much of a guess matched
+/// nor the secret's length: the SHA-256 digests (always 32 bytes) are compared, every byte.
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use sha2::{Digest, Sha256};
+    let (x, y) = (Sha256::digest(a), Sha256::digest(b));
+    x.iter()
+        .zip(y.iter())
+        .fold(0u8, |acc, (p, q)| acc | (p ^ q))
+        == 0
 }
 
 /// Whether `presented` (a header value) carries the bearer credentials stored as `name`.

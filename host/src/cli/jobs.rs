@@ -42,7 +42,7 @@ pub(super) async fn refresh(
     let job = find(&config, job_name)?;
     let leasing = Leasing {
         store: store.clone(),
-        runtime: Arc::new(Runtime::new(runtime_options(&config)?)?),
+        runtime: Arc::new(Runtime::new(runtime_options(&config, &store)?)?),
         owner: owner_name(),
         ttl: config.store.lease_ttl,
         policy: config.daemon.policy.clone(),

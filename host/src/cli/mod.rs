@@ -427,12 +427,17 @@ fn config_path(top: &Option<PathBuf>, sub: &ConfigArg) -> PathBuf {
 ///
 /// The WASI version of jobs that do not choose one is `$TOKENWARDEN_WASI`, else the file's
 /// top-level `wasi`, else 0.2; the engine has 0.3 support only when some job can use it.
-fn runtime_options(config: &Config) -> anyhow::Result<RuntimeOptions> {
+fn runtime_options(
+    config: &Config,
+    store: &Arc<dyn SecretStore>,
+) -> anyhow::Result<RuntimeOptions> {
     let wasi = default_wasi(config.wasi)?;
-    // One transport for the runs and the proxy: one connection pool, one trust.
-    let tls = config.tls.client_config()?;
-    let transport: Arc<dyn crate::egress::Transport> =
-        Arc::new(crate::egress::NetTransport::default().with_tls(tls));
+    // One transport for the runs and the proxy: one connection pool, one trust, one way out.
+    let mut net = crate::egress::NetTransport::default().with_tls(config.tls.client_config()?);
+    if let Some(proxy) = &config.egress {
+        net = net.with_proxy(proxy.clone(), Some(store.clone()));
+    }
+    let transport: Arc<dyn crate::egress::Transport> = Arc::new(net);
     Ok(RuntimeOptions {
         wasi,
         transport: Some(transport),

@@ -44,7 +44,10 @@ pub(super) async fn daemon(config_path: &Path) -> anyhow::Result<u8> {
     let descriptors = crate::limits::raise_descriptor_limit();
     tracing::debug!(?descriptors, "open-file limit");
     let store = open_store(&config, Access::ReadWrite).await?;
-    let options = runtime_options(&config)?;
+    let options = runtime_options(&config, &store)?;
+    if let Some(egress) = &config.egress {
+        tracing::info!(proxy = %egress.proxy, credentials = egress.credentials.is_some(), "outbound connections go through the egress proxy");
+    }
     let transport = options.transport.clone();
     let runtime = Arc::new(Runtime::new(options)?);
     let started = std::time::Instant::now();

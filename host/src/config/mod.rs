@@ -46,6 +46,8 @@ pub struct Config {
     pub socket: Option<SocketConfig>,
     /// What HTTPS connections trust (`[tls]`).
     pub tls: crate::egress::Trust,
+    /// The outbound proxy (`[egress]`), when connections go through one.
+    pub egress: Option<crate::egress::EgressProxy>,
     /// The bearer-injecting proxy (`[proxy]`), when the daemon runs one.
     pub proxy: Option<ProxyConfig>,
     /// The jobs, in file order.

@@ -1,11 +1,51 @@
-//! `[tls]`: what the host's HTTPS connections trust. Checked when the file loads (the CA
-//! file read and parsed, the system store found), so a bad path fails `config check`, not
-//! the first refresh.
+//! How the host reaches the network: `[tls]` (what HTTPS connections trust) and `[egress]`
+//! (the outbound proxy). Checked when the file loads (the CA file read and parsed, the
+//! system store found, the proxy URL parsed), so a mistake fails `config check`, not the
+//! first refresh.
 
 use super::parse::{ConfigError, Ctx};
-use super::raw::RawTls;
-use crate::egress::{Roots, Trust};
+use super::raw::{RawEgress, RawTls};
+use crate::egress::{EgressProxy, NoProxy, Roots, Trust};
 use std::path::Path;
+
+/// `[egress]`: `None` when no proxy applies (no table, or `proxy = "env"` with no
+/// `HTTPS_PROXY` set).
+pub(super) fn egress(cx: &Ctx<'_>, raw: &RawEgress) -> Result<Option<EgressProxy>, ConfigError> {
+    let Some(proxy) = &raw.proxy else {
+        let span = raw
+            .no_proxy
+            .as_ref()
+            .map(|n| n.span())
+            .or_else(|| raw.proxy_credentials.as_ref().map(|c| c.span()))
+            .unwrap_or(0..0);
+        return Err(cx.invalid(
+            span,
+            "`[egress]` needs `proxy`: \"http://host:port\", or \"env\" for $HTTPS_PROXY and $NO_PROXY".into(),
+        ));
+    };
+    let bad = |why: String| cx.invalid(proxy.span(), format!("`egress.proxy`: {why}"));
+    let mut config = if proxy.get_ref() == "env" {
+        match EgressProxy::from_env().map_err(bad)? {
+            Some(p) => p,
+            None => return Ok(None),
+        }
+    } else {
+        EgressProxy {
+            proxy: EgressProxy::parse_url(proxy.get_ref()).map_err(bad)?,
+            no_proxy: NoProxy::default(),
+            credentials: None,
+        }
+    };
+    if let Some(list) = &raw.no_proxy {
+        config.no_proxy = NoProxy::new(list.get_ref().iter().map(String::as_str));
+    }
+    if let Some(name) = &raw.proxy_credentials {
+        crate::store::check_name(name.get_ref())
+            .map_err(|e| cx.invalid(name.span(), format!("`egress.proxy_credentials`: {e}")))?;
+        config.credentials = Some(name.get_ref().clone());
+    }
+    Ok(Some(config))
+}
 
 /// `[tls]`.
 pub(super) fn tls(cx: &Ctx<'_>, raw: &RawTls, base: &Path) -> Result<Trust, ConfigError> {

@@ -280,6 +280,10 @@ fn parse_with(text: &str, path: &Path, blockwise: bool) -> Result<Config, Config
         Some(t) => super::network::tls(&cx, t, base)?,
         None => crate::egress::Trust::default(),
     };
+    let egress = match &raw.egress {
+        Some(e) => super::network::egress(&cx, e)?,
+        None => None,
+    };
     let default_limits = match &raw.limits {
         Some(l) => limits(&cx, l, RunLimits::default(), "limits")?,
         None => RunLimits::default(),
@@ -299,6 +303,12 @@ fn parse_with(text: &str, path: &Path, blockwise: bool) -> Result<Config, Config
     let config_file = super::consumers::resolved(path);
     if let Some(t) = &admin.token_secret {
         readers.insert(t.clone(), "the admin API (`admin.token_secret`)".into());
+    }
+    if let Some(c) = egress.as_ref().and_then(|e| e.credentials.as_ref()) {
+        readers.insert(
+            c.clone(),
+            "the egress proxy (`egress.proxy_credentials`)".into(),
+        );
     }
     for i in 0..count {
         let Ok((offset, job)) = next_job(i) else {
@@ -400,6 +410,7 @@ fn parse_with(text: &str, path: &Path, blockwise: bool) -> Result<Config, Config
         daemon,
         socket,
         tls,
+        egress,
         proxy,
         jobs,
     })

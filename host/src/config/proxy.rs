@@ -64,16 +64,21 @@ pub(super) fn upstreams(
 /// trailing `/` dropped (except for `/` itself).
 fn prefix(cx: &Ctx<'_>, v: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
     let text = v.get_ref();
-    let trimmed = text.trim_end_matches('/');
+    // One trailing `/` may be written; what is left must be a clean path of plain
+    // characters (a request path is matched as sent, so `%`-escapes and non-ASCII would
+    // never match) that does not end in `/` (`//` is not the root).
+    let trimmed = text.strip_suffix('/').unwrap_or(text);
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-._~!$&'()+,=:@/".contains(c);
     let ok = text.starts_with('/')
-        && !text.contains(['?', '#', ' '])
         && text.len() <= 1024
+        && trimmed.chars().all(plain)
+        && !trimmed.ends_with('/')
         && crate::proxy::clean_path(trimmed);
     if !ok {
         return Err(cx.invalid(
             v.span(),
             format!(
-                "`{key}` = {} must be a path such as \"/graph\": starting with `/`, without `.`/`..` segments, `//`, encoded slashes, a query or spaces",
+                "`{key}` = {} must be a path such as \"/graph\": starting with `/`, of letters, digits and -._~!$&'()+,=:@, without `.`/`..` segments or `//`",
                 crate::text::quoted(text)
             ),
         ));
@@ -377,6 +382,30 @@ consumer_secret = "Local Proxy Key"
                     "[proxy]\nlisten = \"127.0.0.1:8422\"\n{}",
                     route(
                         "/g",
+                        "http://127.0.0.1:9000\\\\..\\\\x",
+                        "local",
+                        "consumer_secret = \"K\""
+                    )
+                ),
+                "backslashes",
+            ),
+            (
+                format!(
+                    "[proxy]\nlisten = \"127.0.0.1:8422\"\n{}",
+                    route(
+                        "/g",
+                        "http://127.0.0.1:9000/a/..;/x",
+                        "local",
+                        "consumer_secret = \"K\""
+                    )
+                ),
+                "`..` segments",
+            ),
+            (
+                format!(
+                    "[proxy]\nlisten = \"127.0.0.1:8422\"\n{}",
+                    route(
+                        "/g",
                         "https://graph.microsoft.com/?q=1",
                         "graph",
                         "consumer_secret = \"K\""
@@ -387,6 +416,66 @@ consumer_secret = "Local Proxy Key"
             (
                 format!("[proxy]\nlisten = \"127.0.0.1:8422\"\n{ok}{ok}"),
                 "also the prefix",
+            ),
+            (
+                format!(
+                    "[proxy]\nlisten = \"127.0.0.1:8422\"\n{}",
+                    route(
+                        "/g",
+                        "http://localhost:9000",
+                        "local",
+                        "consumer_secret = \"K\""
+                    )
+                ),
+                "name the loopback address itself",
+            ),
+            (
+                format!(
+                    "[proxy]\nlisten = \"127.0.0.1:8422\"\n{}",
+                    route(
+                        "//",
+                        "https://graph.microsoft.com",
+                        "graph",
+                        "consumer_secret = \"K\""
+                    )
+                ),
+                "must be a path",
+            ),
+            (
+                format!(
+                    "[proxy]\nlisten = \"127.0.0.1:8422\"\n{}",
+                    route(
+                        "/g//",
+                        "https://graph.microsoft.com",
+                        "graph",
+                        "consumer_secret = \"K\""
+                    )
+                ),
+                "must be a path",
+            ),
+            (
+                format!(
+                    "[proxy]\nlisten = \"127.0.0.1:8422\"\n{}",
+                    route(
+                        "/a%41",
+                        "https://graph.microsoft.com",
+                        "graph",
+                        "consumer_secret = \"K\""
+                    )
+                ),
+                "must be a path",
+            ),
+            (
+                format!(
+                    "[proxy]\nlisten = \"127.0.0.1:8422\"\n{}",
+                    route(
+                        "/\u{e9}",
+                        "https://graph.microsoft.com",
+                        "graph",
+                        "consumer_secret = \"K\""
+                    )
+                ),
+                "must be a path",
             ),
             (
                 format!("[proxy]\nlisten = \"127.0.0.1:8422\"\ntimeout = \"0s\"\n{ok}"),

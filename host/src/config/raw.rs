@@ -20,8 +20,18 @@ pub(super) struct RawConfig {
     pub(super) socket: Option<RawSocket>,
     pub(super) proxy: Option<Spanned<RawProxy>>,
     pub(super) tls: Option<RawTls>,
+    pub(super) egress: Option<RawEgress>,
     #[serde(default)]
     pub(super) jobs: Vec<Spanned<RawJob>>,
+}
+
+/// `[egress]`: the outbound proxy.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEgress {
+    pub(super) proxy: Option<Spanned<String>>,
+    pub(super) no_proxy: Option<Spanned<Vec<String>>>,
+    pub(super) proxy_credentials: Option<Spanned<String>>,
 }
 
 /// `[tls]`: what HTTPS connections trust.

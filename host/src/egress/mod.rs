@@ -11,10 +11,12 @@
 
 mod send;
 mod trust;
+mod tunnel;
 
 pub use send::NetTransport;
 pub(crate) use send::tls_config;
 pub use trust::{Roots, Trust, TrustError};
+pub use tunnel::{EgressProxy, NoProxy};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -13,7 +13,9 @@
 //! identity provider pays for TCP and TLS set-up once, not once per run. A connection goes
 //! back to the pool only after its response body was read to the end.
 
+use super::tunnel::{EgressProxy, Tunnels};
 use super::{HttpLimits, Origin, SendFuture, Sent, Transport};
+use crate::store::SecretStore;
 use bytes::Bytes;
 use http_body::{Body, Frame};
 use std::collections::HashMap;
@@ -145,13 +147,8 @@ pub(crate) fn tls_config() -> Arc<rustls::ClientConfig> {
 trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
-async fn connect(
-    addrs: &[SocketAddr],
-    https: bool,
-    host: &str,
-    timeout: Duration,
-    tls: &Arc<rustls::ClientConfig>,
-) -> Result<Box<dyn Stream>, Error> {
+/// A TCP connection to the first of `addrs` that answers.
+async fn tcp_connect(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream, Error> {
     let mut last = Error::ConnectionRefused;
     for addr in addrs {
         match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
@@ -159,20 +156,67 @@ async fn connect(
             Ok(Err(e)) => last = Error::Connect(e),
             Ok(Ok(tcp)) => {
                 let _ = tcp.set_nodelay(true);
-                if !https {
-                    return Ok(Box::new(tcp));
-                }
-                let name = rustls::pki_types::ServerName::try_from(host.to_string())?;
-                let tls = tokio_rustls::TlsConnector::from(tls.clone());
-                return match tokio::time::timeout(timeout, tls.connect(name, tcp)).await {
-                    Err(_) => Err(Error::ConnectionTimeout),
-                    Ok(Err(e)) => Err(Error::Tls(e)),
-                    Ok(Ok(stream)) => Ok(Box::new(stream)),
-                };
+                return Ok(tcp);
             }
         }
     }
     Err(last)
+}
+
+/// A name about to be reached through the proxy: refused when it resolves here only to
+/// non-public addresses its origin does not name; left to the proxy when it does not
+/// resolve here at all.
+async fn vet_for_tunnel(
+    scheme: &str,
+    host: &str,
+    port: u16,
+    allowed: &[Origin],
+    timeout: Duration,
+) -> Result<(), Error> {
+    match vetted_addresses(
+        scheme,
+        host,
+        port,
+        allowed,
+        timeout.min(Duration::from_secs(2)),
+    )
+    .await
+    {
+        Err(e @ Error::DestinationIpProhibited) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// A connection to `host:port` (through the proxy unless `NO_PROXY` says otherwise), with
+/// TLS for https.
+async fn connect(
+    link: &Link,
+    scheme: &str,
+    host: &str,
+    port: u16,
+    allowed: &[Origin],
+    timeout: Duration,
+) -> Result<Box<dyn Stream>, Error> {
+    let tcp = match link.tunnels.as_ref().filter(|t| t.config.applies(host)) {
+        Some(tunnels) => {
+            vet_for_tunnel(scheme, host, port, allowed, timeout).await?;
+            tunnels.open(host, port, timeout).await?
+        }
+        None => {
+            let addrs = vetted_addresses(scheme, host, port, allowed, timeout).await?;
+            tcp_connect(&addrs, timeout).await?
+        }
+    };
+    if scheme != "https" {
+        return Ok(Box::new(tcp));
+    }
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(link.tls.clone());
+    match tokio::time::timeout(timeout, tls.connect(name, tcp)).await {
+        Err(_) => Err(Error::ConnectionTimeout),
+        Ok(Err(e)) => Err(Error::Tls(e)),
+        Ok(Ok(stream)) => Ok(Box::new(stream)),
+    }
 }
 
 /// The response body, bounded in size and in time between frames. Read to its end, it gives
@@ -327,8 +371,16 @@ impl Pool {
 
 /// The default [`Transport`]: vetted connections, host limits, keep-alive.
 pub struct NetTransport {
+    link: Link,
+}
+
+/// How connections are made: the pool they return to, the roots TLS trusts, the proxy they
+/// go through.
+#[derive(Clone)]
+struct Link {
     pool: Arc<Pool>,
     tls: Arc<rustls::ClientConfig>,
+    tunnels: Option<Arc<Tunnels>>,
 }
 
 impl Default for NetTransport {
@@ -342,19 +394,32 @@ impl NetTransport {
     /// most `idle_timeout` (below the usual server-side keep-alive timeouts).
     pub fn new(max_idle_per_origin: usize, idle_timeout: Duration) -> Self {
         Self {
-            pool: Arc::new(Pool {
-                idle: Mutex::default(),
-                max_idle_per_key: max_idle_per_origin,
-                idle_timeout,
-            }),
-            tls: tls_config(),
+            link: Link {
+                pool: Arc::new(Pool {
+                    idle: Mutex::default(),
+                    max_idle_per_key: max_idle_per_origin,
+                    idle_timeout,
+                }),
+                tls: tls_config(),
+                tunnels: None,
+            },
         }
     }
 
     /// This transport trusting what `tls` trusts (see [`super::Trust::client_config`])
     /// instead of the built-in web PKI roots.
     pub fn with_tls(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
-        self.tls = tls;
+        self.link.tls = tls;
+        self
+    }
+
+    /// This transport reaching origins through `proxy` (those its `no_proxy` does not
+    /// name), with its credentials read from `store`.
+    pub fn with_proxy(mut self, proxy: EgressProxy, store: Option<Arc<dyn SecretStore>>) -> Self {
+        self.link.tunnels = Some(Arc::new(Tunnels {
+            config: proxy,
+            store,
+        }));
         self
     }
 }
@@ -367,14 +432,7 @@ impl Transport for NetTransport {
         allowed: Arc<Vec<Origin>>,
         limits: HttpLimits,
     ) -> SendFuture {
-        Box::pin(send(
-            request,
-            options,
-            allowed,
-            limits,
-            self.pool.clone(),
-            self.tls.clone(),
-        ))
+        Box::pin(send(request, options, allowed, limits, self.link.clone()))
     }
 }
 
@@ -384,8 +442,7 @@ async fn send(
     options: RequestOptions,
     allowed: Arc<Vec<Origin>>,
     limits: HttpLimits,
-    pool: Arc<Pool>,
-    tls: Arc<rustls::ClientConfig>,
+    link: Link,
 ) -> Result<Sent, Error> {
     let uri = request.uri().clone();
     let https = uri.scheme_str() == Some("https");
@@ -406,11 +463,11 @@ async fn send(
         .unwrap_or(limits.between_bytes_timeout);
 
     let key = PoolKey::new(https, &host, port, &allowed, &limits);
+    let pool = link.pool.clone();
     let mut sender = match pool.take(&key).await {
         Some(sender) => sender,
         None => {
-            let addrs = vetted_addresses(scheme, &host, port, &allowed, connect_timeout).await?;
-            let stream = connect(&addrs, https, &host, connect_timeout, &tls).await?;
+            let stream = connect(&link, scheme, &host, port, &allowed, connect_timeout).await?;
             let (sender, conn) = hyper::client::conn::http1::Builder::new()
                 .max_headers(limits.max_response_headers)
                 .max_buf_size(limits.max_response_header_bytes.max(8192))

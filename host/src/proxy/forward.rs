@@ -16,25 +16,33 @@ use secrecy::ExposeSecret;
 use std::sync::Arc;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
-/// Whether a path is safe to append to an upstream's base path: no `.` or `..` segment, no
-/// empty segment, no backslash or encoded slash, in any case or encoding, so a consumer
-/// cannot climb out of the base path on a server that normalizes.
+/// Whether a path is safe to append to an upstream's base path, so a consumer cannot climb
+/// out of it on any server: every segment, percent-decoded once and cut at a `;` (Tomcat
+/// and Spring drop path parameters: `..;` is `..` there), must not be `.` or `..`, hold a
+/// slash, backslash or NUL, or be anything but UTF-8 (overlong `%c0%ae` is a dot to some
+/// decoders); no segment is empty (`//`) but a trailing one; and nothing is encoded twice
+/// (`%25`), as servers that decode twice would see `%2e%2e` as `..`.
 pub(crate) fn clean_path(path: &str) -> bool {
-    let lower = path.to_ascii_lowercase();
-    if lower.contains('\\') || lower.contains("%2f") || lower.contains("%5c") {
+    if path.contains('\\') || path.to_ascii_lowercase().contains("%25") {
         return false;
     }
-    let mut segments = lower.split('/');
+    let mut segments = path.split('/');
     // A path starts with `/` (or is empty): its first piece is empty.
     if segments.next().is_some_and(|s| !s.is_empty()) {
         return false;
     }
     let segments: Vec<&str> = segments.collect();
     let last = segments.len().saturating_sub(1);
-    segments.iter().enumerate().all(|(i, s)| {
-        let decoded = s.replace("%2e", ".");
-        // A trailing `/` leaves one empty last segment; `//` anywhere else is refused.
-        (!s.is_empty() || i == last) && decoded != "." && decoded != ".."
+    segments.iter().enumerate().all(|(i, raw)| {
+        if raw.is_empty() {
+            // A trailing `/` leaves one empty last segment; `//` anywhere else is refused.
+            return i == last;
+        }
+        let Ok(decoded) = percent_encoding::percent_decode_str(raw).decode_utf8() else {
+            return false;
+        };
+        let name = decoded.split(';').next().unwrap_or("");
+        !decoded.contains(['/', '\\', '\0']) && name != "." && name != ".."
     })
 }
 
@@ -91,10 +99,11 @@ pub(super) fn rejects_token(status: StatusCode, headers: &HeaderMap) -> bool {
 }
 
 /// Whether sending the request twice means what sending it once does (RFC 9110 §9.2.2).
+/// (`TRACE` is never forwarded: see [`forward`].)
 fn idempotent(method: &Method) -> bool {
     matches!(
         *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
     )
 }
 
@@ -156,18 +165,37 @@ pub(super) async fn forward(
     if request.method() == Method::CONNECT {
         return bad("CONNECT is not proxied: send the request itself");
     }
+    // A server (or a proxy in front of it) that answers TRACE sends the request back, with
+    // the token the proxy added (RFC 9110 §9.3.8: no credentials in a TRACE).
+    if request.method() == Method::TRACE {
+        daemon.count_proxy(Some(job), ProxyResult::BadRequest);
+        return refusal(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "TRACE is not proxied: the reply would echo the token",
+        );
+    }
+    // Only chunked is undone here; a body in another transfer coding would reach the
+    // upstream without its label.
+    let codings = request
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .any(|c| !c.trim().eq_ignore_ascii_case("chunked"));
+    if codings {
+        daemon.count_proxy(Some(job), ProxyResult::BadRequest);
+        return refusal(
+            StatusCode::NOT_IMPLEMENTED,
+            "transfer_coding",
+            "only the chunked transfer coding is proxied; send gzip as Content-Encoding",
+        );
+    }
     let (parts, body) = request.into_parts();
     let declared = body.size_hint().exact();
     if body.size_hint().lower() > limits.max_request_body {
         daemon.count_proxy(Some(job), ProxyResult::BadRequest);
-        return refusal(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            &format!(
-                "the request body is over the proxy's max_request_body ({} bytes)",
-                limits.max_request_body
-            ),
-        );
+        return too_large(limits.max_request_body);
     }
     let upstream = &route.upstream;
     let path = format!("{}{rest}", upstream.path);
@@ -192,6 +220,8 @@ pub(super) async fn forward(
         headers,
     };
     let replayable = idempotent(&prepared.method) && declared.is_some_and(|n| n <= RETRY_BODY);
+    // Set when a streamed body runs over the limit, so the consumer hears `413`, not `502`.
+    let over_limit = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let body = if replayable {
         match http_body_util::Limited::new(body, RETRY_BODY as usize)
             .collect()
@@ -202,9 +232,15 @@ pub(super) async fn forward(
         }
     } else {
         let max = limits.max_request_body;
+        let over = over_limit.clone();
         Outgoing::Streamed(
             http_body_util::Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX))
-                .map_err(move |_| Error::HttpRequestBodySize(Some(max)))
+                .map_err(move |e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        over.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Error::HttpRequestBodySize(Some(max))
+                })
                 .boxed_unsync(),
         )
     };
@@ -244,6 +280,10 @@ pub(super) async fn forward(
     };
     let reply = match send(proxy, &prepared, &token, first_body, &allowed, http).await {
         Ok(r) => r,
+        Err(_) if over_limit.load(std::sync::atomic::Ordering::Relaxed) => {
+            daemon.count_proxy(Some(job), ProxyResult::BadRequest);
+            return too_large(limits.max_request_body);
+        }
         Err(e) => {
             daemon.count_proxy(Some(job), ProxyResult::UpstreamFailed);
             return e;
@@ -269,6 +309,14 @@ pub(super) async fn forward(
     };
     daemon.count_proxy(Some(job), ProxyResult::Upstream(reply.status().as_u16()));
     reply
+}
+
+fn too_large(max: u64) -> Response {
+    refusal(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        &format!("the request body is over the proxy's max_request_body ({max} bytes)"),
+    )
 }
 
 /// `host[:port]` as the `Host` header carries it (the port only when not the scheme's).
@@ -331,7 +379,16 @@ mod tests {
 
     #[test]
     fn paths_that_climb_or_smuggle_are_refused() {
-        for ok in ["", "/", "/v1.0/me", "/a/b/", "/a.b/c..d/...", "/%41"] {
+        for ok in [
+            "",
+            "/",
+            "/v1.0/me",
+            "/a/b/",
+            "/a.b/c..d/...",
+            "/%41",
+            "/a;v=1/b",
+            "/%C3%A9",
+        ] {
             assert!(clean_path(ok), "{ok}");
         }
         for bad in [
@@ -347,6 +404,13 @@ mod tests {
             "/a%5C..",
             "/a\\b",
             "relative",
+            "/..;/x",
+            "/a/..;jsessionid=1/b",
+            "/a/%2e%2e%3b/b",
+            "/%252e%252e/x",
+            "/..%00/x",
+            "/%c0%ae%c0%ae/x",
+            "/a%00b",
         ] {
             assert!(!clean_path(bad), "{bad}");
         }

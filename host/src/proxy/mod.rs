@@ -127,13 +127,18 @@ impl Upstream {
                 "`{text}`: give scheme://host[:port][/path], without a query, fragment or wildcard"
             ));
         }
-        // `url` has resolved dot segments already; the text is checked so that what the
-        // operator wrote is what is used.
+        // `url` has resolved dot segments (and read `\\` as `/`) already; the text as written
+        // is checked, so what the operator wrote is what is used.
         let written = text.split_once("://").map_or("", |(_, rest)| rest);
-        let written_path = written.find('/').map_or("", |i| &written[i..]);
+        let written_path = written.find(['/', '\\']).map_or("", |i| &written[i..]);
         if !forward::clean_path(written_path) {
             return Err(format!(
-                "`{text}`: the path may not hold `.` or `..` segments, `//` or encoded slashes"
+                "`{text}`: the path may not hold `.` or `..` segments, `//`, backslashes or encoded slashes"
+            ));
+        }
+        if origin.host == "localhost" {
+            return Err(format!(
+                "`{text}`: name the loopback address itself (`127.0.0.1` or `[::1]`): a name that resolves to a loopback address is refused when the connection is made"
             ));
         }
         Ok(Self {
@@ -367,11 +372,16 @@ async fn handle(
     let daemon = proxy.0.daemon.clone();
     let Some((route, allowed, rest)) = proxy.route(request.uri().path()) else {
         daemon.count_proxy(None, ProxyResult::NoRoute);
-        return refusal(
+        let mut reply = refusal(
             StatusCode::NOT_FOUND,
             "no_route",
             "no proxy route takes this path",
         );
+        // Nobody was admitted: the connection is not kept.
+        reply
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return reply;
     };
     let job = route.job.as_str();
     let peer = peer.map(|axum::Extension(p)| p);
