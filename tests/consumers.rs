@@ -360,12 +360,7 @@ async fn socket_daemon(dir: &Path, authority: &str, extra_job: &str) -> (DaemonP
     )
     .unwrap();
     let daemon = DaemonProc::spawn(BIN, &config, &[]).await;
-    eventually(
-        Duration::from_secs(20),
-        "the daemon stores a token",
-        || async { daemon.get("/jobs/graph").await.json()["token_expires_at"].is_u64() },
-    )
-    .await;
+    daemon.wait_for_token("graph").await;
     (daemon, socket)
 }
 
@@ -442,12 +437,7 @@ async fn the_token_socket_answers_only_the_callers_a_job_admits() {
         // An unknown job gets the same answer as a refused one.
         let unknown = token_cli(&socket, "nope", Some(65534)).await;
         assert_eq!(unknown.status.code(), Some(1));
-        eventually(
-            Duration::from_secs(20),
-            "the shared job has a token",
-            || async { daemon.get("/jobs/shared").await.json()["token_expires_at"].is_u64() },
-        )
-        .await;
+        daemon.wait_for_token("shared").await;
         let given = token_cli(&socket, "shared", Some(65534)).await;
         assert_eq!(
             given.status.code(),

@@ -7,7 +7,6 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 use tokenwarden::emulator::Emulator;
 use tokenwarden_tests::*;
 
@@ -67,12 +66,7 @@ consumer_secret = "{KEY_NAME}"
     )
     .unwrap();
     let daemon = DaemonProc::spawn(BIN, &config, &[]).await;
-    eventually(
-        Duration::from_secs(20),
-        "the daemon stores a token",
-        || async { daemon.get("/jobs/graph").await.json()["token_expires_at"].is_u64() },
-    )
-    .await;
+    daemon.wait_for_token("graph").await;
     let tcp = daemon
         .log()
         .lines()
@@ -322,25 +316,20 @@ async fn consumers_reach_the_resource_through_the_proxy_across_refreshes() {
     // Over max_request_body (16 MiB) with a declared length: refused before sending.
     let big = dir.path().join("big");
     std::fs::write(&big, vec![b'x'; 17 << 20]).unwrap();
-    let (status, _) = curl(&[
-        "-H",
-        &key_header(),
-        "--data-binary",
-        &format!("@{}", big.display()),
-        &echo,
-    ])
-    .await;
-    assert_eq!(status, "413");
+    let post_big = async || {
+        curl(&[
+            "-H",
+            &key_header(),
+            "--data-binary",
+            &format!("@{}", big.display()),
+            &echo,
+        ])
+        .await
+    };
+    assert_eq!(post_big().await.0, "413");
     // A 14 MiB reply is over max_response_body (12 MiB): cut off, never passed whole.
     std::fs::write(&big, vec![b'y'; 14 << 20]).unwrap();
-    let (_, back) = curl(&[
-        "-H",
-        &key_header(),
-        "--data-binary",
-        &format!("@{}", big.display()),
-        &echo,
-    ])
-    .await;
+    let (_, back) = post_big().await;
     assert!(back.len() < 14 << 20, "{} bytes passed", back.len());
 
     // Reported, never the token.

@@ -670,6 +670,17 @@ impl DaemonProc {
         }
     }
 
+    /// Waits (up to 20 s) until `job` has a stored token.
+    pub async fn wait_for_token(&self, job: &str) {
+        let path = format!("/jobs/{job}");
+        eventually(
+            Duration::from_secs(20),
+            "the daemon stores a token",
+            || async { self.get(&path).await.json()["token_expires_at"].is_u64() },
+        )
+        .await;
+    }
+
     /// Everything it logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()

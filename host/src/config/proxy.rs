@@ -294,6 +294,7 @@ consumer_secret = "Local Proxy Key"
                 "[[proxy.routes]]\nprefix = \"{prefix}\"\nupstream = \"{upstream}\"\njob = \"{job}\"\n{secret}\n"
             )
         };
+        let tcp = |routes: &str| format!("[proxy]\nlisten = \"127.0.0.1:8422\"\n{routes}");
         let ok = route(
             "/g",
             "https://graph.microsoft.com",
@@ -311,106 +312,79 @@ consumer_secret = "Local Proxy Key"
                 "no `[[proxy.routes]]`",
             ),
             (
-                format!(
-                    "[proxy]\nlisten = \"127.0.0.1:8422\"\n{}",
-                    route("/g", "https://graph.microsoft.com", "graph", "")
-                ),
+                tcp(&route("/g", "https://graph.microsoft.com", "graph", "")),
                 "needs a `consumer_secret`",
             ),
             (
-                format!(
-                    "[proxy]\nlisten = \"127.0.0.1:8422\"\n{}",
-                    route(
-                        "/g",
-                        "https://evil.example",
-                        "graph",
-                        "consumer_secret = \"K\""
-                    )
-                ),
+                tcp(&route(
+                    "/g",
+                    "https://evil.example",
+                    "graph",
+                    "consumer_secret = \"K\"",
+                )),
                 "may not send its token to https://evil.example:443",
             ),
             (
-                format!(
-                    "[proxy]\nlisten = \"127.0.0.1:8422\"\n{}",
-                    route(
-                        "/g",
-                        "http://127.0.0.1:9001",
-                        "local",
-                        "consumer_secret = \"K\""
-                    )
-                ),
+                tcp(&route(
+                    "/g",
+                    "http://127.0.0.1:9001",
+                    "local",
+                    "consumer_secret = \"K\"",
+                )),
                 "may not send its token",
             ),
             (
-                format!(
-                    "[proxy]\nlisten = \"127.0.0.1:8422\"\n{}",
-                    route(
-                        "/g",
-                        "https://graph.microsoft.com",
-                        "nope",
-                        "consumer_secret = \"K\""
-                    )
-                ),
+                tcp(&route(
+                    "/g",
+                    "https://graph.microsoft.com",
+                    "nope",
+                    "consumer_secret = \"K\"",
+                )),
                 "no job has that name",
             ),
             (
-                format!(
-                    "[proxy]\nlisten = \"127.0.0.1:8422\"\n{}",
-                    route(
-                        "/a/../g",
-                        "https://graph.microsoft.com",
-                        "graph",
-                        "consumer_secret = \"K\""
-                    )
-                ),
+                tcp(&route(
+                    "/a/../g",
+                    "https://graph.microsoft.com",
+                    "graph",
+                    "consumer_secret = \"K\"",
+                )),
                 "must be a path",
             ),
             (
-                format!(
-                    "[proxy]\nlisten = \"127.0.0.1:8422\"\n{}",
-                    route(
-                        "/g",
-                        "https://graph.microsoft.com/a/../b",
-                        "graph",
-                        "consumer_secret = \"K\""
-                    )
-                ),
+                tcp(&route(
+                    "/g",
+                    "https://graph.microsoft.com/a/../b",
+                    "graph",
+                    "consumer_secret = \"K\"",
+                )),
                 "`..` segments",
             ),
             (
-                format!(
-                    "[proxy]\nlisten = \"127.0.0.1:8422\"\n{}",
-                    route(
-                        "/g",
-                        "http://127.0.0.1:9000\\\\..\\\\x",
-                        "local",
-                        "consumer_secret = \"K\""
-                    )
-                ),
+                tcp(&route(
+                    "/g",
+                    "http://127.0.0.1:9000\\\\..\\\\x",
+                    "local",
+                    "consumer_secret = \"K\"",
+                )),
                 "backslashes",
             ),
             (
-                format!(
-                    "[proxy]\nlisten = \"127.0.0.1:8422\"\n{}",
-                    route(
-                        "/g",
-                        "http://127.0.0.1:9000/a/..;/x",
-                        "local",
-                        "consumer_secret = \"K\""
-                    )
-                ),
+                tcp(&route(
+                    "/g",
+                    "http://127.0.0.1:9000/a/..;/x",
+                    "local",
+                    "consumer_secret = \"K\"",
+                )),
                 "`..` segments",
             ),
             (
-                format!(
-                    "[proxy]\nlisten = \"127.0.0.1:8422\"\n{}",
-                    route(
-                        "/g",
-                        "https://graph.microsoft.com/?q=1",
-                        "graph",
-                        "consumer_secret = \"K\""
-                    )
-                ),
+                tcp(&route(
+                    "/g",
+                    "https://graph.microsoft.com/?q=1",
+                    "graph",
+                    "consumer_secret = \"K\"",
+                )),
                 "without a query",
             ),
             (
@@ -418,63 +392,48 @@ consumer_secret = "Local Proxy Key"
                 "also the prefix",
             ),
             (
-                format!(
-                    "[proxy]\nlisten = \"127.0.0.1:8422\"\n{}",
-                    route(
-                        "/g",
-                        "http://localhost:9000",
-                        "local",
-                        "consumer_secret = \"K\""
-                    )
-                ),
+                tcp(&route(
+                    "/g",
+                    "http://localhost:9000",
+                    "local",
+                    "consumer_secret = \"K\"",
+                )),
                 "name the loopback address itself",
             ),
             (
-                format!(
-                    "[proxy]\nlisten = \"127.0.0.1:8422\"\n{}",
-                    route(
-                        "//",
-                        "https://graph.microsoft.com",
-                        "graph",
-                        "consumer_secret = \"K\""
-                    )
-                ),
+                tcp(&route(
+                    "//",
+                    "https://graph.microsoft.com",
+                    "graph",
+                    "consumer_secret = \"K\"",
+                )),
                 "must be a path",
             ),
             (
-                format!(
-                    "[proxy]\nlisten = \"127.0.0.1:8422\"\n{}",
-                    route(
-                        "/g//",
-                        "https://graph.microsoft.com",
-                        "graph",
-                        "consumer_secret = \"K\""
-                    )
-                ),
+                tcp(&route(
+                    "/g//",
+                    "https://graph.microsoft.com",
+                    "graph",
+                    "consumer_secret = \"K\"",
+                )),
                 "must be a path",
             ),
             (
-                format!(
-                    "[proxy]\nlisten = \"127.0.0.1:8422\"\n{}",
-                    route(
-                        "/a%41",
-                        "https://graph.microsoft.com",
-                        "graph",
-                        "consumer_secret = \"K\""
-                    )
-                ),
+                tcp(&route(
+                    "/a%41",
+                    "https://graph.microsoft.com",
+                    "graph",
+                    "consumer_secret = \"K\"",
+                )),
                 "must be a path",
             ),
             (
-                format!(
-                    "[proxy]\nlisten = \"127.0.0.1:8422\"\n{}",
-                    route(
-                        "/\u{e9}",
-                        "https://graph.microsoft.com",
-                        "graph",
-                        "consumer_secret = \"K\""
-                    )
-                ),
+                tcp(&route(
+                    "/\u{e9}",
+                    "https://graph.microsoft.com",
+                    "graph",
+                    "consumer_secret = \"K\"",
+                )),
                 "must be a path",
             ),
             (
@@ -494,15 +453,12 @@ consumer_secret = "Local Proxy Key"
                 "proxy.max_request_body",
             ),
             (
-                format!(
-                    "[proxy]\nlisten = \"127.0.0.1:8422\"\n{}",
-                    route(
-                        "/g",
-                        "https://graph.microsoft.com",
-                        "graph",
-                        "consumer_secret = \"Graph Token\""
-                    )
-                ),
+                tcp(&route(
+                    "/g",
+                    "https://graph.microsoft.com",
+                    "graph",
+                    "consumer_secret = \"Graph Token\"",
+                )),
                 "a token endpoint's reply must never overwrite a credential",
             ),
         ] {

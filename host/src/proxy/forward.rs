@@ -255,15 +255,7 @@ pub(super) async fn forward(
                 "the route's job has no unexpired token yet; see the daemon's log",
             );
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "proxy: cannot read the store");
-            daemon.count_proxy(Some(job), ProxyResult::NoToken);
-            return refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                "the secret store is unavailable",
-            );
-        }
+        Err(e) => return super::store_down(daemon, job, "the token", &e),
     };
     let http = HttpLimits {
         first_byte_timeout: limits.timeout,

@@ -263,6 +263,17 @@ fn refusal(status: StatusCode, error: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// The answer when the store cannot be read (counted with the job's unserved requests).
+fn store_down(daemon: &Daemon, job: &str, what: &str, e: &crate::store::StoreError) -> Response {
+    tracing::warn!(error = %e, "proxy: cannot read {what} from the store");
+    daemon.count_proxy(Some(job), ProxyResult::NoToken);
+    refusal(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "the secret store is unavailable",
+    )
+}
+
 impl Proxy {
     fn route(&self, path: &str) -> Option<(&Route, &Arc<Vec<Origin>>, String)> {
         self.0
@@ -419,15 +430,7 @@ async fn handle(
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return reply;
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "proxy: cannot read the consumer secret");
-            daemon.count_proxy(Some(job), ProxyResult::NoToken);
-            return refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                "the secret store is unavailable",
-            );
-        }
+        Err(e) => return store_down(&daemon, job, "the consumer secret", &e),
     }
     forward::forward(&proxy, route, allowed.clone(), &rest, request).await
 }
