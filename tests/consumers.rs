@@ -117,10 +117,16 @@ async fn readers_never_see_a_partial_or_empty_sink_during_thousands_of_refreshes
     }
     let refreshing = started.elapsed();
     let stored = f.get(ACCESS_TOKEN).await.unwrap();
+    // The three sinks are written one after another: wait for the last token in each, so
+    // no write (or its temporary file) is still in flight below.
     eventually(
         Duration::from_secs(10),
-        "the last token reaches the raw sink",
-        || async { std::fs::read_to_string(dir.join("raw")).is_ok_and(|t| t == stored) },
+        "the last token reaches every sink",
+        || async {
+            formats.iter().all(|name| {
+                std::fs::read_to_string(dir.join(name)).is_ok_and(|t| t.contains(&stored))
+            })
+        },
     )
     .await;
     stop.store(true, Ordering::Relaxed);
