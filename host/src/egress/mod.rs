@@ -1,4 +1,5 @@
-//! Outbound HTTP policy for plugins.
+//! Outbound HTTP policy for plugins (and the bearer-injecting proxy, which sends through
+//! the same transport).
 //!
 //! Isolation model: a plugin reaches only its job's allowed origins, matched exactly on
 //! scheme, host and port (a leading `*.` matches subdomains). Everything else is refused in
@@ -7,7 +8,9 @@
 //! forbidden list), so the origin checked is the origin reached. [`send`] then resolves the
 //! name and refuses non-public addresses unless their own origin is allowed, connects to
 //! the vetted address, never follows redirects, and bounds timeouts, header and body sizes
-//! whatever the guest asks.
+//! whatever the guest asks. What TLS trusts is [`Trust`] (`[tls]`); an outbound proxy, where
+//! the network demands one, is [`EgressProxy`] (`[egress]`, a `CONNECT` tunnel: see
+//! `tunnel.rs` for how vetting works through it).
 
 mod send;
 mod trust;

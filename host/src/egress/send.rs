@@ -4,7 +4,8 @@
 //! The host name is resolved here and every address is vetted before a connection is made:
 //! a name that resolves to a loopback, private, link-local or otherwise non-public address is
 //! refused unless that address's own origin is on the allow-list. The connection goes to the
-//! vetted address itself, so DNS cannot change between check and connect. Timeouts, the
+//! vetted address itself, so DNS cannot change between check and connect (through an
+//! outbound proxy the proxy resolves the name; see `tunnel.rs`). Timeouts, the
 //! response header count and size, and the response body size are bounded by the host,
 //! whatever the guest asks. Redirects are never followed: the reply goes back as it came.
 //!
