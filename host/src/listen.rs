@@ -178,6 +178,25 @@ pub(crate) async fn serve<L: Listen>(
     }
 }
 
+/// [`serve`] on a Unix socket, removing its file once serving stops (a socket left behind
+/// would only be replaced at the next start).
+pub(crate) async fn serve_unix(
+    listener: tokio::net::UnixListener,
+    app: Router,
+    limits: AdminLimits,
+    what: &'static str,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let path = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(std::path::PathBuf::from));
+    serve(listener, app, limits, what, shutdown).await;
+    if let Some(p) = path {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -119,14 +119,7 @@ pub async fn serve(
     daemon: Daemon,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let path = listener
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_pathname().map(PathBuf::from));
-    crate::listen::serve(listener, router(daemon), LIMITS, "token socket", shutdown).await;
-    if let Some(p) = path {
-        let _ = std::fs::remove_file(p);
-    }
+    crate::listen::serve_unix(listener, router(daemon), LIMITS, "token socket", shutdown).await;
 }
 
 /// The socket's routes.
@@ -197,7 +190,7 @@ async fn token(
     };
     let now = crate::time::unix_now();
     match current {
-        Ok(Some(t)) if t.expires_at.is_none_or(|e| e > now) => {
+        Ok(Some(t)) if t.unexpired_at(now) => {
             daemon.count_socket("served");
             answer(
                 StatusCode::OK,

@@ -8,6 +8,15 @@ use super::raw::{RawEgress, RawTls};
 use crate::egress::{EgressProxy, NoProxy, Roots, Trust};
 use std::path::Path;
 
+/// Whether `host` is a loopback name or address: plain http to it never leaves the machine
+/// (token endpoints and proxy upstreams alike).
+pub(super) fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// `[egress]`: `None` when no proxy applies (no table, or `proxy = "env"` with no
 /// `HTTPS_PROXY` set).
 pub(super) fn egress(cx: &Ctx<'_>, raw: &RawEgress) -> Result<Option<EgressProxy>, ConfigError> {

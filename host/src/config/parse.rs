@@ -793,7 +793,7 @@ fn job_config(
     }
     if let Some((origin, span, key)) = &endpoint_origin
         && origin.scheme == "http"
-        && !super::proxy::is_loopback_host(&origin.host)
+        && !super::network::is_loopback_host(&origin.host)
         && !j.allow_insecure_http
     {
         return Err(cx.invalid(

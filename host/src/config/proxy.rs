@@ -13,14 +13,6 @@ use std::path::Path;
 use std::time::Duration;
 use toml::Spanned;
 
-/// Whether `host` is a loopback name or address (plain http is then acceptable).
-pub(super) fn is_loopback_host(host: &str) -> bool {
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 /// A job's `upstreams`: as written, else the origin of each `https://` resource in its
 /// scope (`https://graph.microsoft.com/.default` allows `https://graph.microsoft.com`).
 pub(super) fn upstreams(
@@ -46,7 +38,7 @@ pub(super) fn upstreams(
         .map(|u| {
             let origin = Origin::parse(u.get_ref())
                 .map_err(|e| cx.invalid(u.span(), format!("job `{job}`: `upstreams`: {e}")))?;
-            if origin.scheme == "http" && !is_loopback_host(&origin.host) && !allow_insecure_http
+            if origin.scheme == "http" && !super::network::is_loopback_host(&origin.host) && !allow_insecure_http
             {
                 return Err(cx.invalid(
                     u.span(),

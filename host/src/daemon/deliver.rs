@@ -69,6 +69,12 @@ pub struct DeliveryStatus {
 }
 
 impl CurrentToken {
+    /// Whether it is still valid at `now` (Unix seconds): consumers are never given an
+    /// expired token.
+    pub fn unexpired_at(&self, now: u64) -> bool {
+        self.expires_at.is_none_or(|e| e > now)
+    }
+
     /// The token as `job`'s sinks render it at `now`.
     fn view<'a>(&'a self, job: &'a str, now: u64) -> sink::Token<'a> {
         sink::Token {

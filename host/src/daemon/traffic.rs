@@ -23,11 +23,12 @@ pub enum ProxyResult {
 }
 
 impl ProxyResult {
-    /// The `result` label of `tokenwarden_proxy_requests_total`.
+    /// The `result` label of `tokenwarden_proxy_requests_total`; an upstream status by its
+    /// class (hyper admits 100 to 999: anything from 600 up counts as a server error).
     fn label(self) -> &'static str {
         match self {
             Self::Upstream(s) => match s {
-                100..=199 => "1xx",
+                ..=199 => "1xx",
                 200..=299 => "2xx",
                 300..=399 => "3xx",
                 400..=499 => "4xx",
@@ -106,19 +107,15 @@ impl Inner {
     fn count_proxy(&self, i: usize, result: ProxyResult) {
         let mut st = self.job(i).state();
         let status = st.proxy.get_or_insert_with(ProxyStatus::default);
-        match result {
-            ProxyResult::Upstream(s) => match s {
-                200..=299 => status.upstream_2xx += 1,
-                300..=399 => status.upstream_3xx += 1,
-                400..=499 => status.upstream_4xx += 1,
-                500..=599 => status.upstream_5xx += 1,
-                _ => {}
-            },
-            ProxyResult::Refused => status.refused += 1,
-            ProxyResult::NoRoute => {}
-            ProxyResult::BadRequest | ProxyResult::NoToken | ProxyResult::UpstreamFailed => {
-                status.failed += 1;
-            }
+        // The same classes as the metric's labels.
+        match result.label() {
+            "2xx" => status.upstream_2xx += 1,
+            "3xx" => status.upstream_3xx += 1,
+            "4xx" => status.upstream_4xx += 1,
+            "5xx" => status.upstream_5xx += 1,
+            "refused" => status.refused += 1,
+            "1xx" | "no_route" => {}
+            _ => status.failed += 1,
         }
         status.last_request_at = Some(crate::time::unix_now());
     }

@@ -155,10 +155,12 @@ pub(super) async fn forward(
     let daemon = &proxy.0.daemon;
     let job = route.job.as_str();
     let limits = proxy.0.limits;
-    let bad = |message: &str| {
+    // A request not forwarded as it came: counted, and answered by the proxy itself.
+    let refuse = |status: StatusCode, error: &str, message: &str| {
         daemon.count_proxy(Some(job), ProxyResult::BadRequest);
-        refusal(StatusCode::BAD_REQUEST, "bad_request", message)
+        refusal(status, error, message)
     };
+    let bad = |message: &str| refuse(StatusCode::BAD_REQUEST, "bad_request", message);
     if !clean_path(rest) {
         return bad("the path may not hold `.` or `..` segments, `//` or encoded slashes");
     }
@@ -168,8 +170,7 @@ pub(super) async fn forward(
     // A server (or a proxy in front of it) that answers TRACE sends the request back, with
     // the token the proxy added (RFC 9110 §9.3.8: no credentials in a TRACE).
     if request.method() == Method::TRACE {
-        daemon.count_proxy(Some(job), ProxyResult::BadRequest);
-        return refusal(
+        return refuse(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "TRACE is not proxied: the reply would echo the token",
@@ -184,8 +185,7 @@ pub(super) async fn forward(
         .flat_map(|v| v.to_str().unwrap_or("?").split(','))
         .any(|c| !c.trim().eq_ignore_ascii_case("chunked"));
     if codings {
-        daemon.count_proxy(Some(job), ProxyResult::BadRequest);
-        return refusal(
+        return refuse(
             StatusCode::NOT_IMPLEMENTED,
             "transfer_coding",
             "only the chunked transfer coding is proxied; send gzip as Content-Encoding",
@@ -193,9 +193,18 @@ pub(super) async fn forward(
     }
     let (parts, body) = request.into_parts();
     let declared = body.size_hint().exact();
+    let too_large = || {
+        refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            &format!(
+                "the request body is over the proxy's max_request_body ({} bytes)",
+                limits.max_request_body
+            ),
+        )
+    };
     if body.size_hint().lower() > limits.max_request_body {
-        daemon.count_proxy(Some(job), ProxyResult::BadRequest);
-        return too_large(limits.max_request_body);
+        return too_large();
     }
     let upstream = &route.upstream;
     let path = format!("{}{rest}", upstream.path);
@@ -272,10 +281,7 @@ pub(super) async fn forward(
     };
     let reply = match send(proxy, &prepared, &token, first_body, &allowed, http).await {
         Ok(r) => r,
-        Err(_) if over_limit.load(std::sync::atomic::Ordering::Relaxed) => {
-            daemon.count_proxy(Some(job), ProxyResult::BadRequest);
-            return too_large(limits.max_request_body);
-        }
+        Err(_) if over_limit.load(std::sync::atomic::Ordering::Relaxed) => return too_large(),
         Err(e) => {
             daemon.count_proxy(Some(job), ProxyResult::UpstreamFailed);
             return e;
@@ -301,14 +307,6 @@ pub(super) async fn forward(
     };
     daemon.count_proxy(Some(job), ProxyResult::Upstream(reply.status().as_u16()));
     reply
-}
-
-fn too_large(max: u64) -> Response {
-    refusal(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
-        &format!("the request body is over the proxy's max_request_body ({max} bytes)"),
-    )
 }
 
 /// `host[:port]` as the `Host` header carries it (the port only when not the scheme's).

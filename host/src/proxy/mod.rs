@@ -243,14 +243,7 @@ pub async fn serve_unix(
     limits: ProxyLimits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let path = listener
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_pathname().map(std::path::PathBuf::from));
-    crate::listen::serve(listener, app, serving(&limits), "proxy socket", shutdown).await;
-    if let Some(p) = path {
-        let _ = std::fs::remove_file(p);
-    }
+    crate::listen::serve_unix(listener, app, serving(&limits), "proxy socket", shutdown).await;
 }
 
 /// A reply of the proxy itself (not the upstream's), as JSON with `error` and `message`.
@@ -323,7 +316,7 @@ impl Proxy {
             _ => self.reload(job).await?,
         };
         let now = crate::time::unix_now();
-        Ok(token.filter(|t| t.expires_at.is_none_or(|e| e > now)))
+        Ok(token.filter(|t| t.unexpired_at(now)))
     }
 
     async fn reload(
