@@ -91,33 +91,37 @@ pub(super) async fn daemon(config_path: &Path) -> anyhow::Result<u8> {
         store.clone(),
         admin_cfg.token_secret.as_deref(),
     );
-    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(admin::serve(listener, app, admin_cfg.limits, async {
-        let _ = admin_stopped.await;
-    }));
-    let (stop_socket, socket_stopped) = tokio::sync::oneshot::channel::<()>();
+    // One signal stops every listener: the admin API, the token socket and the proxy's.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let server = tokio::spawn(admin::serve(
+        listener,
+        app,
+        admin_cfg.limits,
+        stopped(stopping.clone()),
+    ));
     let socket_server = token_socket.map(|(listener, path)| {
         tracing::info!(socket = %path.display(), "token socket serving GET /tokens/{{job}}");
-        tokio::spawn(crate::socket::serve(listener, daemon.clone(), async {
-            let _ = socket_stopped.await;
-        }))
+        tokio::spawn(crate::socket::serve(
+            listener,
+            daemon.clone(),
+            stopped(stopping.clone()),
+        ))
     });
-    let (stop_proxy, proxy_stopped) = tokio::sync::watch::channel(false);
     let mut proxy_servers = Vec::new();
     if let (Some(config), Some((tcp, unix))) = (&config.proxy, proxy_listeners) {
         let transport =
             transport.unwrap_or_else(|| Arc::new(crate::egress::NetTransport::default()));
         let app = crate::proxy::router(config, daemon.clone(), store.clone(), transport);
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
         if let Some(l) = tcp {
             tracing::info!(listen = %l.local_addr()?, routes = config.routes.len(), "proxy serving");
             proxy_servers.push(tokio::spawn(crate::proxy::serve_tcp(
                 l,
                 app.clone(),
                 config.limits,
-                stopped(proxy_stopped.clone()),
+                stopped(stopping.clone()),
             )));
         }
         if let Some(l) = unix {
@@ -126,7 +130,7 @@ pub(super) async fn daemon(config_path: &Path) -> anyhow::Result<u8> {
                 l,
                 app,
                 config.limits,
-                stopped(proxy_stopped.clone()),
+                stopped(stopping.clone()),
             )));
         }
     }
@@ -137,9 +141,7 @@ pub(super) async fn daemon(config_path: &Path) -> anyhow::Result<u8> {
         grace_s = grace.as_secs_f32(),
         "stopping: no new runs; waiting for runs in flight"
     );
-    let _ = stop_admin.send(());
-    let _ = stop_socket.send(());
-    let _ = stop_proxy.send(true);
+    let _ = stop.send(true);
     let finished = daemon.shutdown(grace).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
     if let Some(s) = socket_server {
