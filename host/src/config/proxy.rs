@@ -445,6 +445,46 @@ consumer_secret = "Local Proxy Key"
                 "proxy.max_request_body",
             ),
             (
+                format!(
+                    "[proxy]\nlisten = \"127.0.0.1:8422\"\ntimeout = \"18446744073709551615s\"\n{ok}"
+                ),
+                "proxy.timeout",
+            ),
+            (
+                format!("[proxy]\nlisten = \"127.0.0.1:8422\"\ntimeout = \"601s\"\n{ok}"),
+                "proxy.timeout",
+            ),
+            (
+                format!("[proxy]\nlisten = \"127.0.0.1:8422\"\ntimeout = \"60 parsecs\"\n{ok}"),
+                "proxy.timeout",
+            ),
+            (
+                format!(
+                    "[proxy]\nlisten = \"127.0.0.1:8422\"\nmax_request_body = \"64 parsecs\"\n{ok}"
+                ),
+                "proxy.max_request_body",
+            ),
+            (
+                format!(
+                    "[proxy]\nlisten = \"127.0.0.1:8422\"\nmax_request_body = 1099511627777\n{ok}"
+                ),
+                "proxy.max_request_body",
+            ),
+            (
+                format!(
+                    "[proxy]\nlisten = \"127.0.0.1:8422\"\nmax_response_body = 18446744073709551615\n{ok}"
+                ),
+                "a size: a whole number of bytes below 2^63",
+            ),
+            (
+                format!("[proxy]\nlisten = \"127.0.0.1:8422\"\nmax_connections = 65537\n{ok}"),
+                "proxy.max_connections",
+            ),
+            (
+                format!("[proxy]\nlisten = \"127.0.0.1:8422\"\nmax_connections = -1\n{ok}"),
+                "proxy.max_connections",
+            ),
+            (
                 tcp(&route(
                     "/g",
                     "https://graph.microsoft.com",
@@ -456,6 +496,37 @@ consumer_secret = "Local Proxy Key"
         ] {
             let err = load(&proxy).unwrap_err();
             assert!(err.contains(why), "{proxy}\n=> {err}");
+        }
+    }
+
+    #[test]
+    fn the_proxy_limits_take_their_extremes() {
+        let routes = "[[proxy.routes]]\nprefix = \"/g\"\nupstream = \"https://graph.microsoft.com\"\njob = \"graph\"\nconsumer_secret = \"K\"\n";
+        for (limits, want) in [
+            (
+                "max_request_body = 0\nmax_response_body = 1024\ntimeout = \"1s\"\nmax_connections = 1",
+                crate::proxy::ProxyLimits {
+                    max_request_body: 0,
+                    max_response_body: 1024,
+                    timeout: std::time::Duration::from_secs(1),
+                    max_connections: 1,
+                },
+            ),
+            (
+                "max_request_body = \"1 TiB\"\nmax_response_body = 1099511627776\ntimeout = \"10m\"\nmax_connections = 65536",
+                crate::proxy::ProxyLimits {
+                    max_request_body: 1 << 40,
+                    max_response_body: 1 << 40,
+                    timeout: std::time::Duration::from_secs(600),
+                    max_connections: 65_536,
+                },
+            ),
+        ] {
+            let c = load(&format!(
+                "[proxy]\nlisten = \"127.0.0.1:8422\"\n{limits}\n{routes}"
+            ))
+            .unwrap();
+            assert_eq!(c.proxy.unwrap().limits, want, "{limits}");
         }
     }
 

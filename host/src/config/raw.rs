@@ -164,7 +164,10 @@ pub(super) struct RawDaemon {
 
 /// A size: bytes as a number, or text such as `"64 MiB"`.
 #[derive(Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a size: a whole number of bytes below 2^63, or text such as \"64 MiB\""
+)]
 pub(super) enum RawSize {
     Bytes(i64),
     Text(String),
