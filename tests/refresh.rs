@@ -306,7 +306,7 @@ async fn missing_secrets_are_typed_and_send_nothing() {
     let emu = start_emulator().await;
     let f = Fixture::new().await;
     let mut job = entra_job(&emu.authority());
-    job.secrets.client_secret = "Never Stored".into();
+    job.secrets.client_secret = Some("Never Stored".into());
     let e = plugin_error(run(&job, &f).await);
     assert_eq!(
         e,

@@ -127,7 +127,103 @@ pub fn build_component_with(
         "building the {package} component for {TARGET} failed"
     );
     let file = format!("{}.wasm", package.replace('-', "_"));
-    let path = target_dir.join(TARGET).join(PROFILE).join(file);
-    assert!(path.exists(), "{} was not produced", path.display());
+    let built = target_dir.join(TARGET).join(PROFILE).join(file);
+    let bytes = std::fs::read(&built)
+        .unwrap_or_else(|e| panic!("{} was not produced: {e}", built.display()));
+    let stripped = strip_component_names(&bytes)
+        .unwrap_or_else(|| panic!("{} is not a well-formed component", built.display()));
+    // Beside cargo's output rather than over it, so cargo's own record of it stays true.
+    let path = built.with_extension("stripped.wasm");
+    if std::fs::read(&path).ok().as_deref() != Some(stripped.as_slice()) {
+        std::fs::write(&path, &stripped)
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
     path
+}
+
+/// `component` without its top-level `component-name` custom section: names of the
+/// component's imports, instances and functions for debuggers, 8 KB of a 150 KB budget
+/// that nothing at run time reads. (`strip = true` strips the core module's names;
+/// wasm-component-ld 0.5 has no flag for the component's.) The same as `wasm-tools strip
+/// --all` for that one section, written here for a scan of the top-level sections rather
+/// than a dependency. `None` when the bytes are not a component.
+pub fn strip_component_names(component: &[u8]) -> Option<Vec<u8>> {
+    const HEADER: usize = 8;
+    // `\0asm`, then the component-model version and layer (0x0d 0x00, 0x01 0x00).
+    if component.get(..HEADER)? != b"\0asm\x0d\0\x01\0" {
+        return None;
+    }
+    let mut out = component[..HEADER].to_vec();
+    let mut at = HEADER;
+    while at < component.len() {
+        let start = at;
+        let id = component[at];
+        let (size, after) = leb128(component, at + 1)?;
+        let end = after.checked_add(size)?;
+        let payload = component.get(after..end)?;
+        let is_names = id == 0 && {
+            let (len, name_at) = leb128(payload, 0)?;
+            payload.get(name_at..name_at.checked_add(len)?) == Some(b"component-name".as_slice())
+        };
+        if !is_names {
+            out.extend_from_slice(&component[start..end]);
+        }
+        at = end;
+    }
+    Some(out)
+}
+
+/// An unsigned LEB128 (a section size) at `at`: its value and where it ends.
+fn leb128(bytes: &[u8], mut at: usize) -> Option<(usize, usize)> {
+    let mut value = 0usize;
+    for shift in (0..35).step_by(7) {
+        let b = *bytes.get(at)?;
+        at += 1;
+        value |= usize::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Some((value, at));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_component_names;
+
+    const HEADER: &[u8] = b"\0asm\x0d\0\x01\0";
+
+    fn custom(name: &str, data: &[u8]) -> Vec<u8> {
+        let mut payload = vec![name.len() as u8];
+        payload.extend_from_slice(name.as_bytes());
+        payload.extend_from_slice(data);
+        let mut s = vec![0, payload.len() as u8];
+        s.extend(payload);
+        s
+    }
+
+    #[test]
+    fn only_the_component_name_section_goes() {
+        let other = custom("producers", b"xyz");
+        let kept_section = [7u8, 2, 0xaa, 0xbb];
+        let mut input = HEADER.to_vec();
+        input.extend(&kept_section);
+        input.extend(custom("component-name", &[1; 100]));
+        input.extend(&other);
+        let mut expected = HEADER.to_vec();
+        expected.extend(&kept_section);
+        expected.extend(&other);
+        assert_eq!(strip_component_names(&input).unwrap(), expected);
+        // Idempotent, and a component without one is unchanged.
+        assert_eq!(strip_component_names(&expected).unwrap(), expected);
+    }
+
+    #[test]
+    fn a_core_module_or_a_truncated_section_is_refused() {
+        assert!(strip_component_names(b"\0asm\x01\0\0\0").is_none());
+        let mut cut = HEADER.to_vec();
+        cut.extend([7u8, 9, 1]);
+        assert!(strip_component_names(&cut).is_none());
+        assert!(strip_component_names(b"").is_none());
+    }
 }

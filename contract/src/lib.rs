@@ -24,6 +24,48 @@ pub mod role {
     pub const TENANT_ID: &str = "tenant-id";
     /// Write: where the access token goes. The only writable role.
     pub const ACCESS_TOKEN: &str = "access-token";
+    /// Sign only: the private key of a `private_key_jwt` job. The host signs with it
+    /// through the `signing` interface; no interface returns it.
+    pub const PRIVATE_KEY: &str = "private-key";
+    /// Read (public): the certificate of that key, for the assertion's thumbprint header.
+    pub const CERTIFICATE: &str = "certificate";
+    /// Read: a federated credential's assertion, which the host reads from a file at every
+    /// run.
+    pub const CLIENT_ASSERTION: &str = "client-assertion";
+}
+
+/// RFC 7523's client assertions: what the component sends and the emulator checks.
+pub mod assertion {
+    /// `client_assertion_type` of a JWT assertion (RFC 7523 §2.2).
+    pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+    /// The lifetime of an assertion the component builds, in seconds: long enough for a
+    /// slow network and a skewed clock, short enough that a copy is soon worthless
+    /// (Entra accepts up to ten minutes; MSAL uses ten).
+    pub const LIFETIME_SECS: u64 = 300;
+}
+
+/// A JWS algorithm for `private_key_jwt` (RFC 7518 §3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum SigningAlg {
+    /// RSASSA-PSS with SHA-256; Entra's default for certificates.
+    #[default]
+    PS256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256, for older setups (with a SHA-1 `x5t`).
+    RS256,
+    /// ECDSA P-256 with SHA-256.
+    ES256,
+}
+
+impl SigningAlg {
+    /// The JWS `alg` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningAlg::PS256 => "PS256",
+            SigningAlg::RS256 => "RS256",
+            SigningAlg::ES256 => "ES256",
+        }
+    }
 }
 
 /// Microsoft Entra ID: where its token endpoints are and which rules only it has.
@@ -98,7 +140,14 @@ pub mod entra {
 
 /// Form parameters the component sets itself; a job's extra parameters cannot replace
 /// them.
-pub const RESERVED_PARAMS: &[&str] = &["grant_type", "client_id", "client_secret", "scope"];
+pub const RESERVED_PARAMS: &[&str] = &[
+    "grant_type",
+    "client_id",
+    "client_secret",
+    "scope",
+    "client_assertion",
+    "client_assertion_type",
+];
 
 /// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -110,6 +159,22 @@ pub enum ClientAuth {
     ClientSecretPost,
     /// HTTP Basic with the form-urlencoded id and secret as user and password.
     ClientSecretBasic,
+    /// A JWT assertion the host signs with the job's private key (RFC 7523 §2.2).
+    PrivateKeyJwt,
+    /// An assertion someone else issued, read by the host from a file (federated
+    /// credentials).
+    ClientAssertion,
+}
+
+impl ClientAuth {
+    /// The role that holds this method's credential.
+    pub fn credential_role(self) -> &'static str {
+        match self {
+            ClientAuth::ClientSecretPost | ClientAuth::ClientSecretBasic => role::CLIENT_SECRET,
+            ClientAuth::PrivateKeyJwt => role::PRIVATE_KEY,
+            ClientAuth::ClientAssertion => role::CLIENT_ASSERTION,
+        }
+    }
 }
 
 /// What a successful run stored. The token itself never crosses back to the host.

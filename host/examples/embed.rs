@@ -1,8 +1,10 @@
 //! A complete wasmtime host for the tokenwarden component: wasi:http behind the egress
-//! allow-list, the `secrets` capability over an in-memory store, one `refresh` call.
+//! allow-list, the `secrets` and `signing` capabilities over an in-memory store, one
+//! `refresh` call.
+use tokenwarden::action::{ClientAuth, Request, SigningAlg};
 use tokenwarden::emulator::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_TENANT, Emulator};
 use tokenwarden::{BUILTIN_COMPONENT, EgressPolicy, MemoryStore, Origin, Refresher, SecretStore};
-use tokenwarden::{SecretRoles, SecretsCtx, action::ClientAuth, action::Request, secrets};
+use tokenwarden::{SecretRoles, SecretsCtx, SigningCtx, secrets, signing};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -13,6 +15,7 @@ struct Host {
     egress: EgressPolicy,
     table: ResourceTable,
     secrets: SecretsCtx,
+    signing: SigningCtx,
 }
 impl WasiView for Host {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -37,6 +40,7 @@ async fn main() -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     secrets::add_to_linker(&mut linker, |host| &mut host.secrets)?;
+    signing::add_to_linker(&mut linker, |host| &mut host.signing)?;
     let component = Component::new(&engine, BUILTIN_COMPONENT)?;
 
     // A store per run; SecretRoles::default() grants the four roles under their own names.
@@ -47,12 +51,22 @@ async fn main() -> wasmtime::Result<()> {
         egress: EgressPolicy::allow(vec![origin]),
         table: ResourceTable::new(),
         secrets: SecretsCtx::new(&SecretRoles::default(), store.clone()),
+        signing: SigningCtx::new(&SecretRoles::default(), store.clone()),
     };
     let mut run = wasmtime::Store::new(&engine, host);
     let refresher = Refresher::instantiate_async(&mut run, &component, &linker).await?;
     let scope = "https://graph.microsoft.com/.default".into();
     let (authority, client_auth) = (Some(idp.authority()), ClientAuth::ClientSecretPost);
-    let request = Request { scope, authority, token_url: None, client_auth, extra_params: vec![] };
+    let (signing_alg, key_id) = (SigningAlg::Ps256, None); // for `private-key-jwt` only
+    let request = Request {
+        scope,
+        authority,
+        token_url: None,
+        client_auth,
+        extra_params: vec![],
+        signing_alg,
+        key_id,
+    };
     let outcome = refresher.tokenwarden_refresh_action().call_refresh(&mut run, &request).await??;
     assert!(store.get("access-token").await?.is_some(), "the component stored its token");
     println!("stored a {} token, expires at {:?}", outcome.token_type, outcome.expires_at);

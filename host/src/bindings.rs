@@ -15,6 +15,8 @@ wasmtime::component::bindgen!({
         "wasi:io": wasmtime_wasi::p2::bindings::io,
         "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
         "tokenwarden:refresh/secrets": crate::secrets::bindings,
+        "tokenwarden:refresh/signing": crate::signing::bindings,
+        "wasi:random": wasmtime_wasi::p2::bindings::random,
     },
 });
 
@@ -32,7 +34,9 @@ pub mod p3 {
             "wasi:http/client@0.3.0": wasmtime_wasi_http::p3::bindings::http::client,
             "wasi:clocks/types@0.3.0": wasmtime_wasi::p3::bindings::clocks::types,
             "wasi:clocks/system-clock@0.3.0": wasmtime_wasi::p3::bindings::clocks::system_clock,
+            "wasi:random/random@0.3.0": wasmtime_wasi::p3::bindings::random::random,
             "tokenwarden:refresh/secrets": crate::secrets::bindings,
+            "tokenwarden:refresh/signing": crate::signing::bindings,
         },
     });
 
@@ -40,7 +44,7 @@ pub mod p3 {
     use super::action;
 
     /// The export's name, by which [`crate::Runtime`] tells a 0.3 component from a 0.2 one.
-    pub const EXPORT: &str = "tokenwarden:refresh/async-action@0.1.0";
+    pub const EXPORT: &str = "tokenwarden:refresh/async-action@0.2.0";
 
     // The two worlds' types are the same WIT types in two interfaces, hence two sets of Rust
     // types: these conversions let the runtime handle one set.
@@ -58,8 +62,18 @@ pub mod p3 {
                     action::ClientAuth::ClientSecretBasic => {
                         async_action::ClientAuth::ClientSecretBasic
                     }
+                    action::ClientAuth::PrivateKeyJwt => async_action::ClientAuth::PrivateKeyJwt,
+                    action::ClientAuth::ClientAssertion => {
+                        async_action::ClientAuth::ClientAssertion
+                    }
                 },
                 extra_params: r.extra_params.clone(),
+                signing_alg: match r.signing_alg {
+                    action::SigningAlg::Ps256 => async_action::SigningAlg::Ps256,
+                    action::SigningAlg::Rs256 => async_action::SigningAlg::Rs256,
+                    action::SigningAlg::Es256 => async_action::SigningAlg::Es256,
+                },
+                key_id: r.key_id.clone(),
             }
         }
     }

@@ -11,8 +11,8 @@ use crate::socket::Consumers;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
-pub use tokenwarden_contract::ClientAuth;
 use tokenwarden_contract::entra::DEFAULT_AUTHORITY;
+pub use tokenwarden_contract::{ClientAuth, SigningAlg};
 
 /// Default wall-clock limit for one run.
 pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -90,6 +90,12 @@ pub struct JobConfig {
     pub token_url: Option<String>,
     /// Client authentication method.
     pub client_auth: ClientAuth,
+    /// The JWS algorithm of a `private_key_jwt` assertion.
+    pub signing_alg: SigningAlg,
+    /// The assertion's `kid` header, when the server identifies keys by id.
+    pub key_id: Option<String>,
+    /// For `client_assertion`: the file the host reads the assertion from at every run.
+    pub assertion_file: Option<PathBuf>,
     /// Origins the plugin may reach; empty means the token endpoint's origin.
     pub allowed_hosts: Vec<Origin>,
     /// Origins the proxy may send this job's token to (`upstreams`; by default the https
@@ -130,6 +136,9 @@ impl JobConfig {
             authority: None,
             token_url: None,
             client_auth: ClientAuth::default(),
+            signing_alg: SigningAlg::default(),
+            key_id: None,
+            assertion_file: None,
             allowed_hosts: Vec::new(),
             upstreams: Vec::new(),
             allow_insecure_http: false,

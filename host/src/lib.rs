@@ -50,6 +50,7 @@ mod redact;
 mod runtime;
 pub mod schedule;
 pub mod secrets;
+pub mod signing;
 pub mod sink;
 pub mod socket;
 pub mod store;
@@ -66,7 +67,7 @@ pub use daemon::{
     RunRecord, Trigger, TriggerError,
 };
 pub use egress::{EgressPolicy, HttpLimits, NetTransport, Origin, Transport};
-pub use job::{ClientAuth, JobConfig, WASI_ENV, WasiVersion};
+pub use job::{ClientAuth, JobConfig, SigningAlg, WASI_ENV, WasiVersion};
 pub use limits::RunLimits;
 pub use outcome::{OAuthError, Outcome, PluginError, Retry, RunError};
 pub use runtime::{
@@ -75,6 +76,7 @@ pub use runtime::{
 };
 pub use schedule::{Policy, Schedule};
 pub use secrets::{SecretRoles, SecretsCtx};
+pub use signing::SigningCtx;
 pub use sink::{Action, Sink};
 pub use socket::{Consumers, SocketConfig};
 pub use store::{MemoryStore, PgStore, SecretStore, SqliteStore, StoreConfig, StoreError};

@@ -14,11 +14,13 @@ use crate::egress::{EgressPolicy, Transport};
 use crate::job::{ClientAuth, JobConfig, WasiVersion};
 use crate::outcome::{OAuthError, Outcome, PluginError, RunError};
 use crate::secrets::{Grants, SecretsCtx};
+use crate::signing::SigningCtx;
 use crate::store::{Lease, SecretStore};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use tokenwarden_contract::SigningAlg;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -244,6 +246,7 @@ struct RunState {
     table: ResourceTable,
     egress: EgressPolicy,
     secrets: SecretsCtx,
+    signing: SigningCtx,
     limits: StoreLimits,
 }
 
@@ -343,12 +346,17 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(component_err("linker"))?;
         if p3 {
-            // Only the clocks and HTTP of 0.3: the component imports nothing else of it.
+            // Only the clocks, randomness and HTTP of 0.3: the component imports nothing
+            // else of it.
             wasmtime_wasi::p3::clocks::add_to_linker(&mut linker)
+                .map_err(component_err("linker"))?;
+            wasmtime_wasi::p3::random::add_to_linker(&mut linker)
                 .map_err(component_err("linker"))?;
             wasmtime_wasi_http::p3::add_to_linker(&mut linker).map_err(component_err("linker"))?;
         }
         crate::secrets::add_to_linker(&mut linker, |s: &mut RunState| &mut s.secrets)
+            .map_err(component_err("linker"))?;
+        crate::signing::add_to_linker(&mut linker, |s: &mut RunState| &mut s.signing)
             .map_err(component_err("linker"))?;
         // The ticker holds only a weak handle, so it ends with the last Runtime.
         let weak = engine.weak();
@@ -511,9 +519,11 @@ impl Runtime {
             http: WasiHttpCtx::new(),
             table,
             egress: EgressPolicy::new(allowed, job.limits.http, self.transport.clone()),
+            signing: SigningCtx::new(&job.secrets, store.clone()),
             secrets: SecretsCtx::new(&job.secrets, store)
                 .fenced_by(lease)
-                .max_token_lifetime(job.limits.max_token_lifetime),
+                .max_token_lifetime(job.limits.max_token_lifetime)
+                .assertion_file(job.assertion_file.clone()),
             limits: StoreLimitsBuilder::new()
                 .memory_size(job.limits.max_memory)
                 .table_elements(job.limits.max_table_elements)
@@ -536,7 +546,15 @@ impl Runtime {
             client_auth: match job.client_auth {
                 ClientAuth::ClientSecretPost => action::ClientAuth::ClientSecretPost,
                 ClientAuth::ClientSecretBasic => action::ClientAuth::ClientSecretBasic,
+                ClientAuth::PrivateKeyJwt => action::ClientAuth::PrivateKeyJwt,
+                ClientAuth::ClientAssertion => action::ClientAuth::ClientAssertion,
             },
+            signing_alg: match job.signing_alg {
+                SigningAlg::PS256 => action::SigningAlg::Ps256,
+                SigningAlg::RS256 => action::SigningAlg::Rs256,
+                SigningAlg::ES256 => action::SigningAlg::Es256,
+            },
+            key_id: job.key_id.clone(),
             extra_params: job
                 .token_params
                 .iter()

@@ -4,7 +4,7 @@
 use crate::flow::{self, Env};
 use crate::oauth::{self, HttpReply, HttpRequest};
 use exports::tokenwarden::refresh::action::{self, Guest};
-use tokenwarden::refresh::secrets;
+use tokenwarden::refresh::{secrets, signing};
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
     ErrorCode, Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, Scheme,
@@ -22,6 +22,7 @@ wit_bindgen::generate!({
         "wasi:io/poll@0.2.12": wasip2::io::poll,
         "wasi:clocks/monotonic-clock@0.2.12": wasip2::clocks::monotonic_clock,
         "wasi:clocks/wall-clock@0.2.12": wasip2::clocks::wall_clock,
+        "wasi:random/random@0.2.12": wasip2::random::random,
     },
 });
 
@@ -29,6 +30,10 @@ shell!(OutgoingRequest);
 
 fn now() -> u64 {
     wasip2::clocks::wall_clock::now().seconds
+}
+
+fn random_bytes() -> Vec<u8> {
+    wasip2::random::random::get_random_bytes(16)
 }
 
 fn send(request: &HttpRequest) -> Result<HttpReply, oauth::Error> {

@@ -9,7 +9,7 @@ use exports::tokenwarden::refresh::async_action::{self as action, Guest};
 use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::task::Poll;
-use tokenwarden::refresh::secrets;
+use tokenwarden::refresh::{secrets, signing};
 use wasi::http0_3_0::client;
 use wasi::http0_3_0::types::{ErrorCode, Fields, Method, Request, Response, Scheme, Trailers};
 use wit_bindgen::StreamResult;
@@ -17,7 +17,7 @@ use wit_bindgen::StreamResult;
 wit_bindgen::generate!({
     path: "../wit",
     world: "tokenwarden:refresh/refresher-p3",
-    async: ["-export:tokenwarden:refresh/async-action@0.1.0#refresh"],
+    async: ["-export:tokenwarden:refresh/async-action@0.2.0#refresh"],
     generate_all,
 });
 
@@ -25,6 +25,10 @@ shell!(Request);
 
 fn now() -> u64 {
     u64::try_from(wasi::clocks0_3_0::system_clock::now().seconds).unwrap_or(0)
+}
+
+fn random_bytes() -> Vec<u8> {
+    wasi::random0_3_0::random::get_random_bytes(16)
 }
 
 fn send(request: &HttpRequest) -> Result<HttpReply, oauth::Error> {

@@ -1,7 +1,11 @@
 //! One refresh, written against a small capability trait so that it runs natively in tests
 //! and inside the component over wasi:http and the host's secrets.
 
-use crate::oauth::{self, Credentials, Error, HttpReply, HttpRequest, Outcome, Request};
+use crate::jwt::{self, Thumbprints};
+use crate::oauth::{
+    self, ClientAuth, Credentials, Endpoint, Error, HttpReply, HttpRequest, Outcome, Proof,
+    Request, SigningAlg,
+};
 
 pub use tokenwarden_contract::role;
 
@@ -16,6 +20,13 @@ pub trait Env {
     fn send(&self, request: &HttpRequest) -> Result<HttpReply, Error>;
     /// Unix seconds now.
     fn now(&self) -> u64;
+    /// The thumbprints of the certificate bound to `role`; `None` when it is not bound or
+    /// has no value.
+    fn thumbprints(&self, role: &str) -> Result<Option<Thumbprints>, Error>;
+    /// The host's signature of `data` with the key bound to `role`.
+    fn sign(&self, role: &str, alg: SigningAlg, data: &[u8]) -> Result<Vec<u8>, Error>;
+    /// 16 random bytes.
+    fn random(&self) -> [u8; 16];
 }
 
 fn required(env: &impl Env, role: &str) -> Result<String, Error> {
@@ -29,20 +40,28 @@ fn required(env: &impl Env, role: &str) -> Result<String, Error> {
 /// scrubbed of the credentials and the token before it leaves.
 pub fn refresh(env: &impl Env, req: &Request) -> Result<Outcome, Error> {
     let client_id = required(env, role::CLIENT_ID)?;
-    let client_secret = required(env, role::CLIENT_SECRET)?;
     let tenant = if req.token_url.is_none() {
         Some(required(env, role::TENANT_ID)?)
     } else {
         None
     };
-    let creds = Credentials {
-        client_id,
-        client_secret,
+    let endpoint = oauth::endpoint(req, tenant.as_deref())?;
+    let proof = match req.client_auth {
+        ClientAuth::ClientSecretPost | ClientAuth::ClientSecretBasic => {
+            Proof::Secret(required(env, role::CLIENT_SECRET)?)
+        }
+        ClientAuth::PrivateKeyJwt => {
+            Proof::Assertion(signed_assertion(env, req, &client_id, &endpoint)?)
+        }
+        // A token file ends with a newline more often than not.
+        ClientAuth::ClientAssertion => {
+            Proof::Assertion(required(env, role::CLIENT_ASSERTION)?.trim().to_string())
+        }
     };
+    let creds = Credentials { client_id, proof };
     let basic = oauth::basic_auth(&creds);
-    let secrets = [creds.client_secret.as_str(), basic.as_str()];
+    let secrets = [creds.proof.value(), basic.as_str()];
     let result = (|| -> Result<Outcome, Error> {
-        let endpoint = oauth::endpoint(req, tenant.as_deref())?;
         let http = oauth::build_request(req, endpoint, &creds)?;
         let reply = env.send(&http)?;
         let token = oauth::parse_reply(&reply, env.now())?;
@@ -55,4 +74,30 @@ pub fn refresh(env: &impl Env, req: &Request) -> Result<Outcome, Error> {
         Ok(token.outcome)
     })();
     result.map_err(|e| oauth::redacted(e, &secrets))
+}
+
+/// An RFC 7523 assertion for `endpoint`, signed by the host with the `private-key` role's
+/// key and naming the `certificate` role's certificate when one is bound.
+fn signed_assertion(
+    env: &impl Env,
+    req: &Request,
+    client_id: &str,
+    endpoint: &Endpoint,
+) -> Result<String, Error> {
+    let thumbprints = match env.thumbprints(role::CERTIFICATE) {
+        // Not bound: the key is named by `kid`, or not at all.
+        Err(Error::AccessDenied(_)) => None,
+        other => other?,
+    };
+    let input = jwt::signing_input(&jwt::Claims {
+        client_id,
+        endpoint,
+        alg: req.signing_alg,
+        thumbprints: thumbprints.as_ref(),
+        key_id: req.key_id.as_deref(),
+        now: env.now(),
+        nonce: env.random(),
+    })?;
+    let signature = env.sign(role::PRIVATE_KEY, req.signing_alg, input.as_bytes())?;
+    Ok(jwt::compact(&input, &signature))
 }

@@ -8,6 +8,7 @@
 //! On the native target only the plain-Rust core builds, for unit tests.
 
 pub mod flow;
+pub mod jwt;
 pub mod oauth;
 
 #[cfg(target_arch = "wasm32")]

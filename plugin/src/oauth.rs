@@ -5,8 +5,8 @@
 use miniserde::json::{Number, Object, Value};
 
 pub use tokenwarden_contract::entra::DEFAULT_AUTHORITY;
-pub use tokenwarden_contract::{ClientAuth, Error, OAuthError, Outcome};
-use tokenwarden_contract::{RESERVED_PARAMS, entra};
+pub use tokenwarden_contract::{ClientAuth, Error, OAuthError, Outcome, SigningAlg};
+use tokenwarden_contract::{RESERVED_PARAMS, assertion, entra};
 
 /// The largest reply body accepted. Token replies are a few KiB; anything far larger is
 /// not a token endpoint speaking.
@@ -25,6 +25,10 @@ pub struct Request {
     pub client_auth: ClientAuth,
     /// Extra form parameters.
     pub extra_params: Vec<(String, String)>,
+    /// The algorithm of a `private_key_jwt` assertion.
+    pub signing_alg: SigningAlg,
+    /// Its `kid` header, when set.
+    pub key_id: Option<String>,
 }
 
 /// A token endpoint URL split the way wasi:http wants it.
@@ -145,12 +149,30 @@ pub struct HttpReply {
     pub body: Vec<u8>,
 }
 
-/// Client credentials read from the bound secrets.
+/// Client credentials read from the bound secrets (or signed by the host).
 pub struct Credentials {
     /// `client_id`.
     pub client_id: String,
-    /// `client_secret`.
-    pub client_secret: String,
+    /// What proves the client is who it says.
+    pub proof: Proof,
+}
+
+/// The client's proof of identity: a shared secret or an assertion (RFC 7521 §4.2).
+pub enum Proof {
+    /// `client_secret`, sent as the job's `client_auth` says.
+    Secret(String),
+    /// A JWT sent as `client_assertion` (signed by the host, or issued by a federated
+    /// identity provider).
+    Assertion(String),
+}
+
+impl Proof {
+    /// The credential's text, to scrub from anything a run returns.
+    pub fn value(&self) -> &str {
+        match self {
+            Proof::Secret(v) | Proof::Assertion(v) => v,
+        }
+    }
 }
 
 /// Checks that a tenant is a GUID or a domain-like name, so that it cannot change the
@@ -225,13 +247,19 @@ pub fn build_request(
         ),
         ("accept".to_string(), b"application/json".to_vec()),
     ];
-    match req.client_auth {
-        ClientAuth::ClientSecretPost => {
-            form.append_pair("client_id", &creds.client_id);
-            form.append_pair("client_secret", &creds.client_secret);
-        }
-        ClientAuth::ClientSecretBasic => {
+    match (&creds.proof, req.client_auth) {
+        (Proof::Secret(_), ClientAuth::ClientSecretBasic) => {
             headers.push(("authorization".to_string(), basic_auth(creds).into_bytes()));
+        }
+        (Proof::Secret(secret), _) => {
+            form.append_pair("client_id", &creds.client_id);
+            form.append_pair("client_secret", secret);
+        }
+        (Proof::Assertion(jwt), _) => {
+            // `client_id` is optional beside an assertion (RFC 7523 §3) but Entra wants it.
+            form.append_pair("client_id", &creds.client_id);
+            form.append_pair("client_assertion_type", assertion::JWT_BEARER);
+            form.append_pair("client_assertion", jwt);
         }
     }
     if !req.scope.is_empty() {
@@ -252,10 +280,14 @@ pub fn build_request(
     })
 }
 
-/// `Basic base64(urlencode(id) ":" urlencode(secret))`, RFC 6749 §2.3.1.
+/// `Basic base64(urlencode(id) ":" urlencode(secret))`, RFC 6749 §2.3.1; empty for an
+/// assertion, which never goes in a header.
 pub fn basic_auth(creds: &Credentials) -> String {
+    let Proof::Secret(secret) = &creds.proof else {
+        return String::new();
+    };
     let user: String = form_urlencoded::byte_serialize(creds.client_id.as_bytes()).collect();
-    let pass: String = form_urlencoded::byte_serialize(creds.client_secret.as_bytes()).collect();
+    let pass: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
     format!("Basic {}", base64(format!("{user}:{pass}").as_bytes()))
 }
 
@@ -264,10 +296,27 @@ pub(crate) fn base64_for_tests(bytes: &[u8]) -> String {
     base64(bytes)
 }
 
-/// Standard base64 with padding (RFC 4648 §4). Ten lines here instead of a crate: the
-/// component has a size budget, and only encoding is needed.
+/// Standard base64 with padding (RFC 4648 §4).
 fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    encode(
+        bytes,
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+        true,
+    )
+}
+
+/// base64url without padding (RFC 4648 §5), as JWS writes it (RFC 7515 §2).
+pub fn base64url(bytes: &[u8]) -> String {
+    encode(
+        bytes,
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_",
+        false,
+    )
+}
+
+/// Base64 with `alphabet`, padded or not. Fifteen lines here instead of a crate: the
+/// component has a size budget, and only encoding is needed.
+fn encode(bytes: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let n = chunk
@@ -276,11 +325,11 @@ fn base64(bytes: &[u8]) -> String {
             .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
         for i in 0..4 {
             let sextet = (n >> (18 - 6 * i)) & 63;
-            out.push(if i <= chunk.len() {
-                ALPHABET[sextet as usize] as char
-            } else {
-                '='
-            });
+            if i <= chunk.len() {
+                out.push(alphabet[sextet as usize] as char);
+            } else if pad {
+                out.push('=');
+            }
         }
     }
     out

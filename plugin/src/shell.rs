@@ -3,9 +3,9 @@
 //! a macro expanded inside each shell (next to its `generate!`) rather than generic code.
 //!
 //! A shell invoking [`shell!`] provides `fn send(&HttpRequest) -> Result<HttpReply,
-//! oauth::Error>`, `fn now() -> u64` and, in scope, its world's `action`, `Guest`,
-//! `secrets` and wasi:http `ErrorCode`, `Fields`, `Method` and `Scheme`; it names its
-//! outgoing request type.
+//! oauth::Error>`, `fn now() -> u64`, `fn random_bytes() -> Vec<u8>` and, in scope, its
+//! world's `action`, `Guest`, `secrets`, `signing` and wasi:http `ErrorCode`, `Fields`,
+//! `Method` and `Scheme`; it names its outgoing request type.
 
 /// Expands the export, the error conversions and the [`crate::flow::Env`] of a shell.
 macro_rules! shell {
@@ -43,8 +43,16 @@ macro_rules! shell {
                         action::ClientAuth::ClientSecretBasic => {
                             oauth::ClientAuth::ClientSecretBasic
                         }
+                        action::ClientAuth::PrivateKeyJwt => oauth::ClientAuth::PrivateKeyJwt,
+                        action::ClientAuth::ClientAssertion => oauth::ClientAuth::ClientAssertion,
                     },
                     extra_params: req.extra_params,
+                    signing_alg: match req.signing_alg {
+                        action::SigningAlg::Ps256 => oauth::SigningAlg::PS256,
+                        action::SigningAlg::Rs256 => oauth::SigningAlg::RS256,
+                        action::SigningAlg::Es256 => oauth::SigningAlg::ES256,
+                    },
+                    key_id: req.key_id,
                 };
                 flow::refresh(&Wasi, &req)
                     .map(|o| action::Outcome {
@@ -90,7 +98,15 @@ macro_rules! shell {
             }
         }
 
-        /// The real environment: the host's secrets and wasi:http.
+        fn from_signing(e: signing::Error) -> oauth::Error {
+            match e {
+                signing::Error::AccessDenied(role) => oauth::Error::AccessDenied(role),
+                signing::Error::Unusable(msg) => oauth::Error::BadRequest(msg),
+                signing::Error::Unavailable(msg) => oauth::Error::SecretStore(msg),
+            }
+        }
+
+        /// The real environment: the host's secrets and signatures, and wasi:http.
         struct Wasi;
 
         impl Env for Wasi {
@@ -113,6 +129,40 @@ macro_rules! shell {
 
             fn now(&self) -> u64 {
                 now()
+            }
+
+            fn thumbprints(
+                &self,
+                role: &str,
+            ) -> Result<Option<crate::jwt::Thumbprints>, oauth::Error> {
+                Ok(signing::certificate(role)
+                    .map_err(from_signing)?
+                    .map(|t| crate::jwt::Thumbprints {
+                        sha256: t.sha256,
+                        sha1: t.sha1,
+                    }))
+            }
+
+            fn sign(
+                &self,
+                role: &str,
+                alg: oauth::SigningAlg,
+                data: &[u8],
+            ) -> Result<Vec<u8>, oauth::Error> {
+                let alg = match alg {
+                    oauth::SigningAlg::PS256 => signing::Algorithm::Ps256,
+                    oauth::SigningAlg::RS256 => signing::Algorithm::Rs256,
+                    oauth::SigningAlg::ES256 => signing::Algorithm::Es256,
+                };
+                signing::sign(role, alg, data).map_err(from_signing)
+            }
+
+            fn random(&self) -> [u8; 16] {
+                let mut out = [0; 16];
+                let bytes = random_bytes();
+                let n = bytes.len().min(16);
+                out[..n].copy_from_slice(&bytes[..n]);
+                out
             }
         }
 

@@ -12,13 +12,15 @@ fn entra_request() -> Request {
         token_url: None,
         client_auth: ClientAuth::ClientSecretPost,
         extra_params: vec![],
+        signing_alg: SigningAlg::PS256,
+        key_id: None,
     }
 }
 
 fn creds() -> Credentials {
     Credentials {
         client_id: "id 1".into(),
-        client_secret: "s3cr~t+/=&x".into(),
+        proof: Proof::Secret("s3cr~t+/=&x".into()),
     }
 }
 
@@ -329,6 +331,7 @@ struct Fake {
     reply: Result<HttpReply, Error>,
     sent: RefCell<Vec<HttpRequest>>,
     writes: RefCell<Vec<(String, Option<u64>)>>,
+    signed: RefCell<Vec<(SigningAlg, Vec<u8>)>>,
 }
 
 impl Fake {
@@ -347,6 +350,7 @@ impl Fake {
             reply,
             sent: RefCell::default(),
             writes: RefCell::default(),
+            signed: RefCell::default(),
         }
     }
 }
@@ -366,6 +370,25 @@ impl Env for Fake {
     }
     fn now(&self) -> u64 {
         100
+    }
+    fn thumbprints(&self, role: &str) -> Result<Option<crate::jwt::Thumbprints>, Error> {
+        match self.secrets.borrow().get(role) {
+            Some(v) => Ok(Some(crate::jwt::Thumbprints {
+                sha256: format!("{v}-256"),
+                sha1: format!("{v}-1"),
+            })),
+            None => Err(Error::AccessDenied(role.into())),
+        }
+    }
+    fn sign(&self, role: &str, alg: SigningAlg, data: &[u8]) -> Result<Vec<u8>, Error> {
+        if !self.secrets.borrow().contains_key(role) {
+            return Err(Error::AccessDenied(role.into()));
+        }
+        self.signed.borrow_mut().push((alg, data.to_vec()));
+        Ok(b"signature".to_vec())
+    }
+    fn random(&self) -> [u8; 16] {
+        [0xff; 16]
     }
 }
 
@@ -462,7 +485,7 @@ proptest::proptest! {
     /// Whatever the credentials hold, the form and the Basic header decode back to them.
     #[test]
     fn credentials_round_trip_through_form_and_basic(id in "\\PC{1,40}", secret in "\\PC{1,60}") {
-        let creds = Credentials { client_id: id.clone(), client_secret: secret.clone() };
+        let creds = Credentials { client_id: id.clone(), proof: Proof::Secret(secret.clone()) };
         let mut req = Request { token_url: Some("https://idp.example/token".into()), scope: "api".into(), ..entra_request() };
         let ep = endpoint(&req, None).unwrap();
         let http = build_request(&req, ep, &creds).unwrap();
@@ -635,5 +658,172 @@ fn expires_in_at_the_edges() {
         "true",
     ] {
         assert!(secs(bad).is_err(), "{bad}");
+    }
+}
+
+fn b64url_json(part: &str) -> serde_json::Value {
+    let bytes =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, part).unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// The assertion the fake sent, split into header, claims and signature.
+fn sent_assertion(
+    env: &Fake,
+) -> (
+    serde_json::Value,
+    serde_json::Value,
+    String,
+    HashMap<String, String>,
+) {
+    let body = form(&env.sent.borrow()[0].body);
+    let jwt = body["client_assertion"].clone();
+    let parts: Vec<&str> = jwt.split('.').collect();
+    assert_eq!(parts.len(), 3, "{jwt}");
+    let (header, claims) = (b64url_json(parts[0]), b64url_json(parts[1]));
+    let signed = &env.signed.borrow()[0].1;
+    assert_eq!(signed, format!("{}.{}", parts[0], parts[1]).as_bytes());
+    (header, claims, parts[2].to_string(), body)
+}
+
+#[test]
+fn a_private_key_jwt_assertion_has_rfc7523_claims_and_the_certificate_thumbprint() {
+    let env = Fake::new(Ok(reply(200, r#"{"access_token":"new-token"}"#)));
+    env.secrets.borrow_mut().remove(role::CLIENT_SECRET);
+    for (r, v) in [(role::PRIVATE_KEY, "key"), (role::CERTIFICATE, "cert")] {
+        env.secrets.borrow_mut().insert(r.into(), v.into());
+    }
+    let req = Request {
+        client_auth: ClientAuth::PrivateKeyJwt,
+        ..entra_request()
+    };
+    flow::refresh(&env, &req).unwrap();
+    let (header, claims, signature, body) = sent_assertion(&env);
+    assert_eq!(header["alg"], "PS256");
+    assert_eq!(header["typ"], "JWT");
+    assert_eq!(header["x5t#S256"], "cert-256");
+    assert!(header.get("x5t").is_none() && header.get("kid").is_none());
+    let aud = "https://login.microsoftonline.com/tenant/oauth2/v2.0/token";
+    assert_eq!(claims["aud"], aud);
+    assert_eq!(
+        (claims["iss"].as_str(), claims["sub"].as_str()),
+        (Some("app"), Some("app"))
+    );
+    assert_eq!(
+        (claims["iat"].as_u64(), claims["nbf"].as_u64()),
+        (Some(100), Some(100))
+    );
+    assert_eq!(
+        claims["exp"].as_u64(),
+        Some(100 + tokenwarden_contract::assertion::LIFETIME_SECS)
+    );
+    // Version-4 UUID from the random bytes, version and variant bits set.
+    assert_eq!(claims["jti"], "ffffffff-ffff-4fff-bfff-ffffffffffff");
+    assert_eq!(signature, "c2lnbmF0dXJl");
+    assert_eq!(body["client_id"], "app");
+    assert_eq!(
+        body["client_assertion_type"],
+        tokenwarden_contract::assertion::JWT_BEARER
+    );
+    assert!(!body.contains_key("client_secret"));
+    assert_eq!(env.signed.borrow()[0].0, SigningAlg::PS256);
+}
+
+#[test]
+fn rs256_names_the_certificate_by_sha1_and_a_key_id_is_escaped_json() {
+    let env = Fake::new(Ok(reply(200, r#"{"access_token":"new-token"}"#)));
+    for (r, v) in [(role::PRIVATE_KEY, "key"), (role::CERTIFICATE, "cert")] {
+        env.secrets.borrow_mut().insert(r.into(), v.into());
+    }
+    env.secrets
+        .borrow_mut()
+        .insert(role::CLIENT_ID.into(), "a\"b\\c\u{1}".into());
+    let req = Request {
+        client_auth: ClientAuth::PrivateKeyJwt,
+        signing_alg: SigningAlg::RS256,
+        key_id: Some("k\"1".into()),
+        ..entra_request()
+    };
+    flow::refresh(&env, &req).unwrap();
+    let (header, claims, _, _) = sent_assertion(&env);
+    assert_eq!(header["alg"], "RS256");
+    assert_eq!(header["x5t"], "cert-1");
+    assert!(header.get("x5t#S256").is_none());
+    assert_eq!(header["kid"], "k\"1");
+    assert_eq!(claims["iss"], "a\"b\\c\u{1}");
+}
+
+#[test]
+fn entra_without_a_certificate_is_refused_before_signing_but_another_server_takes_a_kid() {
+    let env = Fake::new(Ok(reply(200, r#"{"access_token":"new-token"}"#)));
+    env.secrets
+        .borrow_mut()
+        .insert(role::PRIVATE_KEY.into(), "key".into());
+    let req = Request {
+        client_auth: ClientAuth::PrivateKeyJwt,
+        ..entra_request()
+    };
+    match flow::refresh(&env, &req) {
+        Err(Error::BadRequest(m)) => assert!(m.contains("certificate"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(env.signed.borrow().is_empty() && env.sent.borrow().is_empty());
+
+    let req = Request {
+        token_url: Some("https://idp.example/token?x=1".into()),
+        scope: "api".into(),
+        signing_alg: SigningAlg::ES256,
+        key_id: Some("key-1".into()),
+        ..req
+    };
+    flow::refresh(&env, &req).unwrap();
+    let (header, claims, _, _) = sent_assertion(&env);
+    assert_eq!(header["alg"], "ES256");
+    assert_eq!(header["kid"], "key-1");
+    assert!(header.get("x5t#S256").is_none());
+    assert_eq!(claims["aud"], "https://idp.example/token?x=1");
+}
+
+#[test]
+fn a_federated_assertion_is_sent_trimmed_and_scrubbed_from_an_echoing_error() {
+    let assertion = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW0ifQ.c2ln";
+    let echo =
+        format!(r#"{{"error":"invalid_client","error_description":"bad assertion {assertion}"}}"#);
+    let env = Fake::new(Ok(reply(401, &echo)));
+    env.secrets.borrow_mut().remove(role::CLIENT_SECRET);
+    env.secrets
+        .borrow_mut()
+        .insert(role::CLIENT_ASSERTION.into(), format!("{assertion}\n"));
+    let req = Request {
+        client_auth: ClientAuth::ClientAssertion,
+        ..entra_request()
+    };
+    let e = flow::refresh(&env, &req).unwrap_err();
+    let body = form(&env.sent.borrow()[0].body);
+    assert_eq!(body["client_assertion"], assertion);
+    assert!(env.signed.borrow().is_empty());
+    assert!(!format!("{e:?}").contains(assertion), "{e:?}");
+
+    env.secrets
+        .borrow_mut()
+        .insert(role::CLIENT_ASSERTION.into(), " \n".into());
+    assert_eq!(
+        flow::refresh(&env, &req).unwrap_err(),
+        Error::missing(role::CLIENT_ASSERTION)
+    );
+}
+
+#[test]
+fn assertion_parameters_cannot_be_overridden_by_extra_params() {
+    for name in ["client_assertion", "client_assertion_type"] {
+        let req = Request {
+            extra_params: vec![(name.into(), "x".into())],
+            ..entra_request()
+        };
+        let e = endpoint(&req, Some("t")).unwrap();
+        assert!(matches!(
+            build_request(&req, e, &creds()),
+            Err(Error::BadRequest(_))
+        ));
     }
 }

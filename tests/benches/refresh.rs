@@ -89,7 +89,7 @@ where
     };
     let creds = oauth::Credentials {
         client_id: read(CLIENT_ID).await,
-        client_secret: read(CLIENT_SECRET).await,
+        proof: oauth::Proof::Secret(read(CLIENT_SECRET).await),
     };
     let _tenant = read(TENANT_ID).await;
     let req = oauth::Request {
@@ -98,6 +98,8 @@ where
         token_url: Some(token_url.into()),
         client_auth: oauth::ClientAuth::ClientSecretPost,
         extra_params: vec![],
+        signing_alg: oauth::SigningAlg::PS256,
+        key_id: None,
     };
     let endpoint = oauth::endpoint(&req, None).unwrap();
     let http = oauth::build_request(&req, endpoint, &creds).unwrap();

@@ -137,9 +137,11 @@ impl Fixture {
 pub fn roles() -> SecretRoles {
     SecretRoles {
         client_id: CLIENT_ID.into(),
-        client_secret: CLIENT_SECRET.into(),
+        client_secret: Some(CLIENT_SECRET.into()),
         tenant_id: Some(TENANT_ID.into()),
         access_token: ACCESS_TOKEN.into(),
+        private_key: None,
+        certificate: None,
     }
 }
 

@@ -75,9 +75,10 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
         "https://graph.microsoft.com/.default",
         SecretRoles {
             client_id: CLIENT_ID.into(),
-            client_secret: CLIENT_SECRET.into(),
+            client_secret: Some(CLIENT_SECRET.into()),
             tenant_id: Some(TENANT_ID.into()),
             access_token: ACCESS_TOKEN.into(),
+            ..SecretRoles::default()
         },
     );
     job.authority = Some(emulator.authority());

@@ -227,18 +227,15 @@ pub(super) async fn check(config_path: &Path, as_json: bool) -> anyhow::Result<u
                 .iter()
                 .map(ToString::to_string)
                 .collect();
-            let mut secrets = vec![
-                ("client_id", &job.secrets.client_id),
-                ("client_secret", &job.secrets.client_secret),
-            ];
-            if let Some(t) = &job.secrets.tenant_id {
-                secrets.push(("tenant_id", t));
-            }
-            secrets.push(("access_token", &job.secrets.access_token));
+            let secrets = job.secrets.bindings();
             json!({
                 "name": job.name,
                 "token_endpoint": job.endpoint(),
-                "client_auth": format!("{:?}", job.client_auth),
+                "client_auth": job.client_auth,
+                "signing_alg": (job.client_auth == crate::ClientAuth::PrivateKeyJwt)
+                    .then(|| job.signing_alg.as_str()),
+                "key_id": job.key_id,
+                "assertion_file": job.assertion_file,
                 "allowed_hosts": allowed,
                 "schedule": job.schedule.to_string(),
                 "wasi": job.wasi.unwrap_or(default_wasi).as_str(),

@@ -12,6 +12,7 @@ pub mod client;
 mod consume;
 mod demo;
 mod jobs;
+mod keys;
 mod report;
 mod secrets;
 mod serve;
@@ -235,6 +236,19 @@ pub enum SecretsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Store a private key (and its certificate) for `client_auth = "private_key_jwt"`,
+    /// read from stdin: PEM (PKCS#8, or PKCS#1 for RSA; RSA 2048-4096 or EC P-256), or
+    /// PKCS#12 (.pfx, .p12) with its password in TOKENWARDEN_PKCS12_PASSWORD or a file.
+    ImportKey {
+        /// Store name for the key, e.g. "Graph Signing Key".
+        name: String,
+        /// Also store the key's certificate (from the same input) under this name.
+        #[arg(long, value_name = "NAME")]
+        certificate: Option<String>,
+        /// Read the PKCS#12 password from this file (one trailing newline dropped).
+        #[arg(long, value_name = "PATH")]
+        password_file: Option<PathBuf>,
+    },
     /// Re-encrypt every secret under a new data key; with --master, replace the master key
     /// too.
     RotateKey {
@@ -272,6 +286,10 @@ pub struct EmulatorArgs {
     /// (default: the demo secret, printed at start).
     #[arg(long, default_value = emulator::DEMO_CLIENT_ID)]
     pub client_id: String,
+    /// A certificate (PEM file) registered for the client: assertions it signs are
+    /// accepted as Entra accepts them (repeatable).
+    #[arg(long = "certificate", value_name = "FILE")]
+    pub certificates: Vec<PathBuf>,
     /// Lifetime of issued tokens, e.g. 1h or 90s.
     #[arg(long, default_value = "3599s", value_parser = humantime::parse_duration)]
     pub lifetime: Duration,

@@ -30,6 +30,19 @@ pub(super) async fn run(command: SecretsCommand, config_path: &Path) -> anyhow::
             Ok(exit::OK)
         }
         SecretsCommand::Delete { name, force } => delete(config_path, &name, force).await,
+        SecretsCommand::ImportKey {
+            name,
+            certificate,
+            password_file,
+        } => {
+            super::keys::import(
+                config_path,
+                &name,
+                certificate.as_deref(),
+                password_file.as_deref(),
+            )
+            .await
+        }
         SecretsCommand::RotateKey { master } => {
             let (_, store) = load(config_path, Access::ReadWrite).await?;
             let r = store.rotate_key(master).await?;

@@ -185,12 +185,22 @@ pub(super) async fn emulator(args: EmulatorArgs) -> anyhow::Result<u8> {
             format!("the built-in demo secret (set ${EMULATOR_SECRET_ENV} to choose one)"),
         ),
     };
+    let mut certificates = Vec::new();
+    for file in &args.certificates {
+        let pem = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the certificate {}", file.display()))?;
+        let cert = crate::signing::keys::Certificate::from_pem(&pem)
+            .with_context(|| format!("{}", file.display()))?;
+        certificates.push((args.client_id.clone(), cert.der().to_vec()));
+    }
     let config = EmulatorConfig {
         tenants: args.tenants,
         clients: vec![(args.client_id.clone(), secret.clone())],
+        certificates,
         token_lifetime: args.lifetime,
         latency: args.latency,
         faults: args.faults,
+        ..EmulatorConfig::default()
     };
     let tenant = config.tenants.first().cloned().unwrap_or_default();
     let server = Emulator::start(args.listen, config)

@@ -5,6 +5,7 @@
 
 mod blocks;
 mod consumers;
+mod credentials;
 mod network;
 mod parse;
 mod proxy;

@@ -715,21 +715,14 @@ fn job_config(
         ));
     }
     let ctx = |key: &str, why: String| format!("job `{name}`: `{key}` {why}");
-    let roles = j.secrets.get_ref();
-    for (role, store_name) in [
-        ("client_id", Some(&roles.client_id)),
-        ("client_secret", Some(&roles.client_secret)),
-        ("tenant_id", roles.tenant_id.as_ref()),
-        ("access_token", Some(&roles.access_token)),
-    ] {
-        if let Some(n) = store_name {
-            crate::store::check_name(n).map_err(|e| {
-                cx.invalid(
-                    j.secrets.span(),
-                    ctx(&format!("secrets.{role}"), e.to_string()),
-                )
-            })?;
-        }
+    let roles = j.secrets.get_ref().clone();
+    for (role, n) in roles.bindings() {
+        crate::store::check_name(n).map_err(|e| {
+            cx.invalid(
+                j.secrets.span(),
+                ctx(&format!("secrets.{role}"), e.to_string()),
+            )
+        })?;
     }
     if roles.inputs().any(|n| n == roles.access_token) {
         return Err(cx.invalid(
@@ -766,6 +759,7 @@ fn job_config(
         };
         j.authority = Some(Spanned::new(cloud.span(), preset.authority.to_string()));
     }
+    super::credentials::workload_authority(&mut j, &span);
     let mut endpoint_origin = None;
     for (key, value) in [("authority", &j.authority), ("token_url", &j.token_url)] {
         if let Some(v) = value {
@@ -785,6 +779,7 @@ fn job_config(
         && endpoint_origin
             .as_ref()
             .is_none_or(|(o, _, _)| entra::is_login_host(&o.host));
+    let credential = super::credentials::credential(cx, &j, &name, is_entra, base)?;
     if is_entra && !entra::accepts_scope(&j.scope) {
         return Err(cx.invalid(
             span,
@@ -900,6 +895,9 @@ fn job_config(
         authority: j.authority.map(Spanned::into_inner),
         token_url: j.token_url.map(Spanned::into_inner),
         client_auth: j.client_auth,
+        signing_alg: credential.signing_alg,
+        key_id: credential.key_id,
+        assertion_file: credential.assertion_file,
         allowed_hosts,
         upstreams,
         allow_insecure_http: j.allow_insecure_http,

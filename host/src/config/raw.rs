@@ -201,6 +201,9 @@ pub(super) struct RawJob {
     pub(super) token_url: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) client_auth: ClientAuth,
+    pub(super) signing_alg: Option<Spanned<String>>,
+    pub(super) key_id: Option<Spanned<String>>,
+    pub(super) assertion_file: Option<Spanned<String>>,
     pub(super) allowed_hosts: Option<Vec<Spanned<String>>>,
     pub(super) upstreams: Option<Vec<Spanned<String>>>,
     #[serde(default)]

@@ -5,7 +5,9 @@
 //!
 //! Isolation model: the component names roles, never store names. A job's
 //! [`SecretRoles`] (`[jobs.secrets]`) map each role to one store name; `access-token` is the
-//! only writable role. Any other role, or a write to a read-only one, gets `access-denied`,
+//! only writable role, and `private-key` is not readable at all (the host signs with it,
+//! [`crate::signing`]). `client-assertion` is read from the job's `assertion_file` at each
+//! call. Any other role, or a write to a read-only one, gets `access-denied`,
 //! so a component cannot read or overwrite secrets of other jobs. Every value it reads (of
 //! a secret role) or writes is remembered, in every encoding an echo could use, so the host
 //! can scrub it from whatever the run prints or returns.
@@ -21,7 +23,7 @@ mod generated {
     #![allow(missing_docs)]
     wasmtime::component::bindgen!({
         path: "../wit",
-        interfaces: "import tokenwarden:refresh/secrets@0.1.0;",
+        interfaces: "import tokenwarden:refresh/secrets@0.2.0;",
         imports: { default: async },
     });
 }
@@ -51,12 +53,16 @@ impl HasData for HasSecrets {
 pub struct SecretRoles {
     /// Read role `client-id`.
     pub client_id: String,
-    /// Read role `client-secret`.
-    pub client_secret: String,
+    /// Read role `client-secret`, for the `client_secret_*` methods.
+    pub client_secret: Option<String>,
     /// Read role `tenant-id`; optional when the job has a `token_url`.
     pub tenant_id: Option<String>,
     /// Write role `access-token`.
     pub access_token: String,
+    /// Sign-only role `private-key`, for `private_key_jwt`: never readable.
+    pub private_key: Option<String>,
+    /// Read role `certificate` (public): the private key's certificate.
+    pub certificate: Option<String>,
 }
 
 impl Default for SecretRoles {
@@ -65,23 +71,44 @@ impl Default for SecretRoles {
     fn default() -> Self {
         Self {
             client_id: role::CLIENT_ID.into(),
-            client_secret: role::CLIENT_SECRET.into(),
+            client_secret: Some(role::CLIENT_SECRET.into()),
             tenant_id: Some(role::TENANT_ID.into()),
             access_token: role::ACCESS_TOKEN.into(),
+            private_key: None,
+            certificate: None,
         }
     }
 }
 
 impl SecretRoles {
-    /// The store names the job reads (its inputs).
+    /// The store names the job reads or signs with (its inputs).
     pub fn inputs(&self) -> impl Iterator<Item = &str> {
         [
             Some(self.client_id.as_str()),
-            Some(self.client_secret.as_str()),
+            self.client_secret.as_deref(),
             self.tenant_id.as_deref(),
+            self.private_key.as_deref(),
+            self.certificate.as_deref(),
         ]
         .into_iter()
         .flatten()
+    }
+
+    /// Every bound role with its config key and store name, the token last.
+    pub fn bindings(&self) -> Vec<(&'static str, &str)> {
+        let mut all = vec![("client_id", self.client_id.as_str())];
+        for (key, name) in [
+            ("client_secret", &self.client_secret),
+            ("tenant_id", &self.tenant_id),
+            ("private_key", &self.private_key),
+            ("certificate", &self.certificate),
+        ] {
+            if let Some(n) = name {
+                all.push((key, n.as_str()));
+            }
+        }
+        all.push(("access_token", self.access_token.as_str()));
+        all
     }
 }
 
@@ -113,13 +140,17 @@ impl Grants {
             writable: false,
             secret,
         };
-        let mut grants = vec![
-            read(role::CLIENT_ID, &roles.client_id, false),
-            read(role::CLIENT_SECRET, &roles.client_secret, true),
-        ];
+        let mut grants = vec![read(role::CLIENT_ID, &roles.client_id, false)];
+        if let Some(s) = &roles.client_secret {
+            grants.push(read(role::CLIENT_SECRET, s, true));
+        }
         if let Some(t) = &roles.tenant_id {
             grants.push(read(role::TENANT_ID, t, false));
         }
+        if let Some(c) = &roles.certificate {
+            grants.push(read(role::CERTIFICATE, c, false));
+        }
+        // `private-key` is deliberately absent: only `signing` may use it.
         grants.push(Grant {
             role: role::ACCESS_TOKEN,
             name: roles.access_token.clone(),
@@ -152,7 +183,12 @@ pub struct SecretsCtx {
     seen: Redactor,
     /// The store revision of the token the plugin wrote, if it wrote one.
     written: Option<u64>,
+    /// Where the `client-assertion` role is read from, when the job has one.
+    assertion_file: Option<std::path::PathBuf>,
 }
+
+/// The largest assertion file read: a Kubernetes or CI token is 1-2 KiB.
+pub const MAX_ASSERTION_BYTES: u64 = 64 * 1024;
 
 impl SecretsCtx {
     /// A context for one run of a job bound by `roles`: unfenced, and a written token
@@ -165,6 +201,7 @@ impl SecretsCtx {
             max_expires_at: 0,
             seen: Redactor::default(),
             written: None,
+            assertion_file: None,
         };
         ctx.set_max_token_lifetime(crate::limits::RunLimits::default().max_token_lifetime);
         ctx
@@ -189,6 +226,40 @@ impl SecretsCtx {
             .min(crate::time::MAX_UNIX_SECS);
     }
 
+    /// The `client-assertion` role reads `file` at every call (federated credentials).
+    pub fn assertion_file(mut self, file: Option<std::path::PathBuf>) -> Self {
+        self.assertion_file = file;
+        self
+    }
+
+    /// The assertion file's content, read now: a projected token is rotated on disk, so a
+    /// copy would go stale.
+    async fn read_assertion(
+        &mut self,
+        file: &std::path::Path,
+    ) -> Result<Option<String>, bindings::Error> {
+        use tokio::io::AsyncReadExt as _;
+        let unavailable = |why: String| {
+            bindings::Error::Unavailable(format!("assertion file {}: {why}", file.display()))
+        };
+        let f = tokio::fs::File::open(file)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let mut bytes = Vec::new();
+        f.take(MAX_ASSERTION_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        if bytes.len() as u64 > MAX_ASSERTION_BYTES {
+            return Err(unavailable(format!(
+                "larger than {MAX_ASSERTION_BYTES} bytes; not an assertion"
+            )));
+        }
+        let text = String::from_utf8(bytes).map_err(|_| unavailable("not UTF-8".into()))?;
+        self.seen.add(text.trim());
+        Ok(Some(text).filter(|t| !t.trim().is_empty()))
+    }
+
     /// The grant this context enforces.
     pub fn grants(&self) -> &Grants {
         &self.grants
@@ -208,6 +279,12 @@ impl SecretsCtx {
 
 impl bindings::Host for SecretsCtx {
     async fn get(&mut self, role: String) -> Result<Option<String>, bindings::Error> {
+        if role == role::CLIENT_ASSERTION
+            && let Some(file) = self.assertion_file.clone()
+        {
+            tracing::debug!(file = %file.display(), "plugin reads the assertion file");
+            return self.read_assertion(&file).await;
+        }
         let Some(grant) = self.grants.find(&role) else {
             // The role name is the plugin's text: scrub it like its output.
             tracing::warn!(role = %self.redact(&role), "plugin asked for a secret role its job does not bind");

@@ -6,13 +6,15 @@
 //! request options, `header-flood:URL` with 10,000 headers, `header:NAME=VALUE:URL` with one
 //! header, `handle-flood` creates host resources without end, `huge-secret` writes a 10 MB
 //! token, `leak` prints the client secret and 100 KB more to stdout and stderr, `leak-error`
-//! and `leak-outcome` put it in a host name, an error and the outcome.
+//! and `leak-outcome` put it in a host name, an error and the outcome, `steal-key` tries
+//! every way to the job's private key and reports what each gave (with the one signature
+//! it may have, base64url, in the outcome's scope).
 
 // The error type is the contract's WIT variant; its size is not this guest's to choose.
 #![allow(missing_docs, unsafe_code, clippy::result_large_err)]
 
 use exports::tokenwarden::refresh::action::{self, Guest};
-use tokenwarden::refresh::secrets;
+use tokenwarden::refresh::{secrets, signing};
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{ErrorCode, Fields, Method, OutgoingRequest, RequestOptions, Scheme};
 
@@ -27,6 +29,7 @@ wit_bindgen::generate!({
         "wasi:io/poll@0.2.12": wasip2::io::poll,
         "wasi:clocks/monotonic-clock@0.2.12": wasip2::clocks::monotonic_clock,
         "wasi:clocks/wall-clock@0.2.12": wasip2::clocks::wall_clock,
+        "wasi:random/random@0.2.12": wasip2::random::random,
     },
 });
 
@@ -205,6 +208,7 @@ impl Guest for Rogue {
                 o.scope = Some(secret);
                 Ok(o)
             }
+            "steal-key" => Ok(steal_key()),
             "loop" => {
                 let mut n: u64 = 0;
                 loop {
@@ -232,4 +236,63 @@ impl Guest for Rogue {
             ))),
         }
     }
+}
+
+/// Every way a component could reach for the private key, each reported as what it gave.
+fn steal_key() -> action::Outcome {
+    fn said<T>(r: Result<T, signing::Error>) -> &'static str {
+        match r {
+            Ok(_) => "ok",
+            Err(signing::Error::AccessDenied(_)) => "denied",
+            Err(signing::Error::Unusable(_)) => "unusable",
+            Err(signing::Error::Unavailable(_)) => "unavailable",
+        }
+    }
+    let get = match secrets::get("private-key") {
+        Ok(Some(_)) => "value",
+        Ok(None) => "none",
+        Err(secrets::Error::AccessDenied(_)) => "denied",
+        Err(secrets::Error::Unavailable(_)) => "unavailable",
+    };
+    let cert_of_key = said(signing::certificate("private-key"));
+    let sign_secret = said(signing::sign(
+        "client-secret",
+        signing::Algorithm::Ps256,
+        b"x",
+    ));
+    let sign_token = said(signing::sign(
+        "access-token",
+        signing::Algorithm::Ps256,
+        b"x",
+    ));
+    let huge = said(signing::sign(
+        "private-key",
+        signing::Algorithm::Ps256,
+        &vec![b'x'; 64 * 1024 + 1],
+    ));
+    let wrong_alg = said(signing::sign(
+        "private-key",
+        signing::Algorithm::Es256,
+        b"x",
+    ));
+    let signed = signing::sign("private-key", signing::Algorithm::Ps256, b"rogue");
+    let mut o = outcome(format!(
+        "get:{get} cert-of-key:{cert_of_key} sign-client-secret:{sign_secret} sign-access-token:{sign_token} huge:{huge} es256-with-rsa:{wrong_alg} sign:{}",
+        said(signed.as_ref().map(|_| ()).map_err(Clone::clone))
+    ));
+    o.scope = signed.ok().map(|sig| {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in sig.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+            for i in 0..=chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    });
+    o
 }

@@ -8,7 +8,8 @@
 //! cross a proxy whole. A presented token that is unknown, expired or revoked gets `401` with
 //! `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750 §3.1);
 //! `POST /_emulator/revoke` revokes every token issued so far, as a continuous access
-//! evaluation event does. Faults are queued per request: from the command line (`--fault`)
+//! evaluation event does. Client assertions (`private_key_jwt` with a registered
+//! certificate, and federated credentials) are checked as Entra checks them ([`assertion`]). Faults are queued per request: from the command line (`--fault`)
 //! or at run time with `POST /_emulator/faults`; `GET /_emulator/stats` counts requests.
 
 use axum::extract::{Path, State};
@@ -26,6 +27,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokenwarden_contract::entra::{self, DEFAULT_AUTHORITY, TOKEN_PATH};
 use tokio::net::TcpListener;
+
+pub mod assertion;
+pub use assertion::FederatedCredential;
 
 /// Where `tokenwarden emulator` listens by default.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8421";
@@ -114,6 +118,10 @@ pub struct EmulatorConfig {
     pub tenants: Vec<String>,
     /// Known clients: id and secret.
     pub clients: Vec<(String, String)>,
+    /// Certificate credentials: a client id and a certificate (DER) registered for it.
+    pub certificates: Vec<(String, Vec<u8>)>,
+    /// Federated identity records.
+    pub federated: Vec<FederatedCredential>,
     /// Lifetime of issued tokens.
     pub token_lifetime: Duration,
     /// Added to every token request.
@@ -127,6 +135,8 @@ impl Default for EmulatorConfig {
         Self {
             tenants: vec![DEMO_TENANT.to_string()],
             clients: vec![(DEMO_CLIENT_ID.to_string(), DEMO_CLIENT_SECRET.to_string())],
+            certificates: Vec::new(),
+            federated: Vec::new(),
             token_lifetime: Duration::from_secs(3599),
             latency: Duration::ZERO,
             faults: Vec::new(),
@@ -166,6 +176,8 @@ struct Inner {
     /// Size of `issued` at which expired tokens are next swept out.
     sweep_at: usize,
     stats: Stats,
+    /// Certificate credentials' `jti`s, against replay.
+    replay: assertion::Replay,
 }
 
 /// Shared emulator state; also usable in-process by tests (`push_fault`, `stats`).
@@ -189,6 +201,7 @@ impl EmulatorState {
             issued: HashMap::new(),
             sweep_at: 1024,
             stats: Stats::default(),
+            replay: assertion::Replay::default(),
         })))
     }
 
@@ -426,7 +439,9 @@ async fn token(
 
 fn issue(state: &EmulatorState, tenant: &str, headers: &HeaderMap, body: &[u8]) -> Response {
     let form: HashMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
-    let mut inner = state.lock();
+    let mut guard = state.lock();
+    // A plain reference, so the registrations and the replay record borrow apart.
+    let inner = &mut *guard;
     if !inner.tenants.contains(&tenant.to_ascii_lowercase()) {
         return entra_error(
             StatusCode::BAD_REQUEST,
@@ -458,6 +473,15 @@ fn issue(state: &EmulatorState, tenant: &str, headers: &HeaderMap, body: &[u8]) 
     }
     let basic = basic_credentials(headers);
     let posted = form.get("client_id").cloned();
+    let assertion = form.get("client_assertion").cloned();
+    if assertion.is_some() && (basic.is_some() || form.contains_key("client_secret")) {
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            50027,
+            "A client secret and a client assertion were both presented; send one.",
+        );
+    }
     let (client_id, secret) = match (basic, posted) {
         (Some(_), Some(_)) if form.contains_key("client_secret") => {
             return entra_error(
@@ -471,13 +495,24 @@ fn issue(state: &EmulatorState, tenant: &str, headers: &HeaderMap, body: &[u8]) 
         (None, Some(id)) => (id, form.get("client_secret").cloned()),
         (None, None) => return missing("client_id"),
     };
-    let Some(known) = inner
-        .config
+    let config = &inner.config;
+    let known_secret = config
         .clients
         .iter()
         .find(|(id, _)| *id == client_id)
-        .map(|(_, s)| s.clone())
-    else {
+        .map(|(_, s)| s.clone());
+    let certificates: Vec<&[u8]> = config
+        .certificates
+        .iter()
+        .filter(|(id, _)| *id == client_id)
+        .map(|(_, der)| der.as_slice())
+        .collect();
+    let federated: Vec<&FederatedCredential> = config
+        .federated
+        .iter()
+        .filter(|f| f.client_id == client_id)
+        .collect();
+    if known_secret.is_none() && certificates.is_empty() && federated.is_empty() {
         return entra_error(
             StatusCode::BAD_REQUEST,
             "unauthorized_client",
@@ -486,27 +521,70 @@ fn issue(state: &EmulatorState, tenant: &str, headers: &HeaderMap, body: &[u8]) 
                 "Application with identifier '{client_id}' was not found in the directory '{tenant}'."
             ),
         );
-    };
-    match secret {
-        None => {
-            return entra_error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                7000218,
-                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
-            );
+    }
+    if let Some(jwt) = assertion {
+        match form.get("client_assertion_type").map(String::as_str) {
+            None => return missing("client_assertion_type"),
+            Some(tokenwarden_contract::assertion::JWT_BEARER) => {}
+            Some(other) => {
+                return entra_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    50027,
+                    &format!("The client_assertion_type '{other}' is not supported."),
+                );
+            }
         }
-        Some(s) if s != known => {
-            return entra_error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                7000215,
-                &format!(
-                    "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
-                ),
-            );
+        let presented = assertion::Presented {
+            assertion: &jwt,
+            client_id: &client_id,
+            tenant,
+            host: headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default(),
+            now: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        // Entra tells the two kinds apart by the issuer: the app itself signs a
+        // certificate credential's assertion.
+        let is_own = jwt
+            .split('.')
+            .nth(1)
+            .and_then(|c| URL_SAFE_NO_PAD.decode(c).ok())
+            .and_then(|c| serde_json::from_slice::<serde_json::Value>(&c).ok())
+            .is_some_and(|c| c["iss"].as_str() == Some(client_id.as_str()));
+        let checked = if is_own {
+            assertion::check_signed(&presented, &certificates, &mut inner.replay)
+        } else {
+            assertion::check_federated(&presented, &federated)
+        };
+        if let Err(r) = checked {
+            return entra_error(r.status, r.error, r.code, &r.message);
         }
-        Some(_) => {}
+    } else {
+        match (secret, known_secret) {
+            (None, _) => {
+                return entra_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    7000218,
+                    "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+                );
+            }
+            (Some(s), Some(known)) if s == known => {}
+            (Some(_), _) => {
+                return entra_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    7000215,
+                    &format!(
+                        "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+                    ),
+                );
+            }
+        }
     }
     let scope = match form.get("scope") {
         None => return missing("scope"),

@@ -1,0 +1,331 @@
+//! How a job proves its identity: `client_auth` and the keys that go with it
+//! (`signing_alg`, `key_id`, `assertion_file`, the credential roles of `[jobs.secrets]`).
+//! Each method is granted exactly the credential it uses: a role or key of another method
+//! is refused, so a job never holds a secret it does not need.
+
+use super::parse::{ConfigError, Ctx};
+use super::raw::RawJob;
+use crate::job::{ClientAuth, SigningAlg};
+use crate::secrets::SecretRoles;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// Azure workload identity's token file (AKS, and what `azure-identity` reads).
+pub const AZURE_FEDERATED_TOKEN_FILE: &str = "AZURE_FEDERATED_TOKEN_FILE";
+/// Azure workload identity's authority host.
+pub const AZURE_AUTHORITY_HOST: &str = "AZURE_AUTHORITY_HOST";
+
+/// The longest `key_id` accepted.
+pub const MAX_KEY_ID: usize = 256;
+
+/// A job's credential settings, checked.
+pub(super) struct Credential {
+    pub(super) signing_alg: SigningAlg,
+    pub(super) key_id: Option<String>,
+    pub(super) assertion_file: Option<PathBuf>,
+}
+
+/// For a `client_assertion` job with no `cloud`, `authority` or `token_url`: the authority
+/// from `AZURE_AUTHORITY_HOST`, as workload identity sets it.
+pub(super) fn workload_authority(j: &mut RawJob, span: &Range<usize>) {
+    if j.client_auth == ClientAuth::ClientAssertion
+        && j.cloud.is_none()
+        && j.authority.is_none()
+        && j.token_url.is_none()
+        && let Ok(host) = std::env::var(AZURE_AUTHORITY_HOST)
+        && !host.trim().is_empty()
+    {
+        j.authority = Some(Spanned::new(span.clone(), host.trim().to_string()));
+    }
+}
+
+/// Checks `client_auth` against the credential keys and roles of job `name`.
+pub(super) fn credential(
+    cx: &Ctx<'_>,
+    j: &RawJob,
+    name: &str,
+    is_entra: bool,
+    base: &Path,
+) -> Result<Credential, ConfigError> {
+    let method = j.client_auth;
+    let roles: &SecretRoles = j.secrets.get_ref();
+    let roles_span = j.secrets.span();
+    let ctx = |key: &str, why: String| format!("job `{name}`: `{key}` {why}");
+    let method_name = match method {
+        ClientAuth::ClientSecretPost => "client_secret_post",
+        ClientAuth::ClientSecretBasic => "client_secret_basic",
+        ClientAuth::PrivateKeyJwt => "private_key_jwt",
+        ClientAuth::ClientAssertion => "client_assertion",
+    };
+    let unused = |key: &str, span: Range<usize>| {
+        cx.invalid(
+            span,
+            ctx(
+                key,
+                format!("is not used by `client_auth = \"{method_name}\"`; remove it (a job holds only the credential it uses)"),
+            ),
+        )
+    };
+    let needed = |key: &str, why: &str| {
+        cx.invalid(
+            roles_span.clone(),
+            ctx(
+                key,
+                format!("is required by `client_auth = \"{method_name}\"`{why}"),
+            ),
+        )
+    };
+    let secret_method = matches!(
+        method,
+        ClientAuth::ClientSecretPost | ClientAuth::ClientSecretBasic
+    );
+    if secret_method && roles.client_secret.is_none() {
+        return Err(needed("secrets.client_secret", ""));
+    }
+    if !secret_method && roles.client_secret.is_some() {
+        return Err(unused("secrets.client_secret", roles_span.clone()));
+    }
+    let jwt = method == ClientAuth::PrivateKeyJwt;
+    if jwt && roles.private_key.is_none() {
+        return Err(needed(
+            "secrets.private_key",
+            "; import one with `tokenwarden secrets import-key`",
+        ));
+    }
+    if !jwt {
+        if roles.private_key.is_some() {
+            return Err(unused("secrets.private_key", roles_span.clone()));
+        }
+        if roles.certificate.is_some() {
+            return Err(unused("secrets.certificate", roles_span.clone()));
+        }
+        if let Some(a) = &j.signing_alg {
+            return Err(unused("signing_alg", a.span()));
+        }
+        if let Some(k) = &j.key_id {
+            return Err(unused("key_id", k.span()));
+        }
+    }
+    if jwt && is_entra && roles.certificate.is_none() {
+        return Err(needed(
+            "secrets.certificate",
+            " at Microsoft Entra ID, which identifies the key by its certificate's thumbprint",
+        ));
+    }
+    let signing_alg = match &j.signing_alg {
+        None => SigningAlg::default(),
+        Some(a) => match a.get_ref().as_str() {
+            "PS256" => SigningAlg::PS256,
+            "RS256" => SigningAlg::RS256,
+            "ES256" => SigningAlg::ES256,
+            other => {
+                return Err(cx.invalid(
+                    a.span(),
+                    ctx(
+                        "signing_alg",
+                        format!(
+                            "= {} is not one of PS256, RS256, ES256",
+                            crate::text::quoted(other)
+                        ),
+                    ),
+                ));
+            }
+        },
+    };
+    let key_id = match &j.key_id {
+        None => None,
+        Some(k) => {
+            let v = k.get_ref();
+            if v.is_empty() || v.len() > MAX_KEY_ID || v.chars().any(char::is_control) {
+                return Err(cx.invalid(
+                    k.span(),
+                    ctx(
+                        "key_id",
+                        format!("must be 1 to {MAX_KEY_ID} characters without control characters"),
+                    ),
+                ));
+            }
+            Some(v.clone())
+        }
+    };
+    let assertion_file = if method == ClientAuth::ClientAssertion {
+        Some(assertion_file(cx, j, name, base)?)
+    } else {
+        if let Some(f) = &j.assertion_file {
+            return Err(unused("assertion_file", f.span()));
+        }
+        None
+    };
+    Ok(Credential {
+        signing_alg,
+        key_id,
+        assertion_file,
+    })
+}
+
+/// `assertion_file`, relative to the config file; else `AZURE_FEDERATED_TOKEN_FILE`.
+/// Only the path is checked here: the file is read at every run, and a projected token
+/// may appear after the daemon starts.
+fn assertion_file(
+    cx: &Ctx<'_>,
+    j: &RawJob,
+    name: &str,
+    base: &Path,
+) -> Result<PathBuf, ConfigError> {
+    if let Some(f) = &j.assertion_file {
+        if f.get_ref().trim().is_empty() {
+            return Err(cx.invalid(f.span(), format!("job `{name}`: `assertion_file` is empty")));
+        }
+        return Ok(base.join(f.get_ref()));
+    }
+    match std::env::var_os(AZURE_FEDERATED_TOKEN_FILE) {
+        Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+        _ => Err(cx.invalid(
+            j.name.span(),
+            format!(
+                "job `{name}`: `client_auth = \"client_assertion\"` needs `assertion_file`, or {AZURE_FEDERATED_TOKEN_FILE} in the environment"
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::job::{ClientAuth, SigningAlg};
+    use std::path::Path;
+
+    fn parse(text: &str) -> Result<crate::Config, super::ConfigError> {
+        super::super::parse::parse(text, Path::new("/etc/tw/tokenwarden.toml"))
+    }
+
+    fn job(auth: &str, extra: &str, secrets: &str) -> String {
+        format!(
+            "[[jobs]]\nname = \"j\"\nscope = \"https://graph.microsoft.com/.default\"\nclient_auth = \"{auth}\"\n{extra}\n[jobs.secrets]\nclient_id = \"id\"\ntenant_id = \"t\"\naccess_token = \"token\"\n{secrets}"
+        )
+    }
+
+    #[test]
+    fn each_method_gets_its_own_credential_and_nothing_else() {
+        let c = parse(&job(
+            "private_key_jwt",
+            "signing_alg = \"RS256\"\nkey_id = \"k1\"",
+            "private_key = \"Key\"\ncertificate = \"Cert\"",
+        ))
+        .unwrap();
+        let j = &c.jobs[0];
+        assert_eq!(j.client_auth, ClientAuth::PrivateKeyJwt);
+        assert_eq!(j.signing_alg, SigningAlg::RS256);
+        assert_eq!(j.key_id.as_deref(), Some("k1"));
+        assert!(j.secrets.client_secret.is_none());
+        let c = parse(&job(
+            "private_key_jwt",
+            "",
+            "private_key = \"Key\"\ncertificate = \"Cert\"",
+        ))
+        .unwrap();
+        assert_eq!(c.jobs[0].signing_alg, SigningAlg::PS256, "Entra's default");
+
+        let c = parse(&job("client_assertion", "assertion_file = \"token\"", "")).unwrap();
+        assert_eq!(
+            c.jobs[0].assertion_file.as_deref(),
+            Some(Path::new("/etc/tw/token"))
+        );
+
+        let cases = [
+            // A secret method without its secret, and a key method with one.
+            ("client_secret_post", "", "", "client_secret` is required"),
+            (
+                "private_key_jwt",
+                "",
+                "client_secret = \"S\"\nprivate_key = \"K\"\ncertificate = \"C\"",
+                "client_secret` is not used",
+            ),
+            ("private_key_jwt", "", "", "private_key` is required"),
+            // Entra names the key by its certificate.
+            (
+                "private_key_jwt",
+                "",
+                "private_key = \"K\"",
+                "certificate` is required",
+            ),
+            (
+                "private_key_jwt",
+                "signing_alg = \"HS256\"",
+                "private_key = \"K\"\ncertificate = \"C\"",
+                "not one of PS256, RS256, ES256",
+            ),
+            (
+                "private_key_jwt",
+                "signing_alg = \"ps256\"",
+                "private_key = \"K\"\ncertificate = \"C\"",
+                "not one of",
+            ),
+            (
+                "private_key_jwt",
+                "key_id = \"\"",
+                "private_key = \"K\"\ncertificate = \"C\"",
+                "key_id",
+            ),
+            (
+                "private_key_jwt",
+                &format!("key_id = \"{}\"", "k".repeat(257)),
+                "private_key = \"K\"\ncertificate = \"C\"",
+                "key_id",
+            ),
+            (
+                "private_key_jwt",
+                "key_id = \"a\\u0000b\"",
+                "private_key = \"K\"\ncertificate = \"C\"",
+                "control",
+            ),
+            (
+                "private_key_jwt",
+                "assertion_file = \"f\"",
+                "private_key = \"K\"\ncertificate = \"C\"",
+                "assertion_file` is not used",
+            ),
+            (
+                "client_secret_post",
+                "signing_alg = \"PS256\"",
+                "client_secret = \"S\"",
+                "signing_alg` is not used",
+            ),
+            (
+                "client_secret_post",
+                "key_id = \"k\"",
+                "client_secret = \"S\"",
+                "key_id` is not used",
+            ),
+            (
+                "client_secret_post",
+                "",
+                "client_secret = \"S\"\ncertificate = \"C\"",
+                "certificate` is not used",
+            ),
+            (
+                "client_assertion",
+                "assertion_file = \"f\"",
+                "private_key = \"K\"",
+                "private_key` is not used",
+            ),
+            ("client_assertion", "assertion_file = \" \"", "", "is empty"),
+            (
+                "private_key_jwt",
+                "",
+                "private_key = \"token\"\ncertificate = \"C\"",
+                "access_token",
+            ),
+        ];
+        for (auth, extra, secrets, needle) in cases {
+            let e = parse(&job(auth, extra, secrets)).unwrap_err().to_string();
+            assert!(e.contains(needle), "{auth} {extra} {secrets}: {e}");
+        }
+    }
+
+    #[test]
+    fn another_server_needs_no_certificate() {
+        let text = "[[jobs]]\nname = \"j\"\nscope = \"api\"\ntoken_url = \"https://idp.example/token\"\nclient_auth = \"private_key_jwt\"\nsigning_alg = \"ES256\"\nkey_id = \"k\"\n[jobs.secrets]\nclient_id = \"id\"\nprivate_key = \"K\"\naccess_token = \"token\"\n";
+        assert_eq!(parse(text).unwrap().jobs[0].signing_alg, SigningAlg::ES256);
+    }
+}

@@ -1,0 +1,575 @@
+//! Credentials without shared secrets, end to end: `private_key_jwt` assertions built by
+//! the component and signed by the host (keys made by `openssl`, imported by the CLI from
+//! PEM and PKCS#12) against the emulator and a generic RFC 7523 server on loopback;
+//! federated assertions the host reads from a file at every run; and a rogue guest that
+//! tries every way to the key.
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use tokenwarden::emulator::{self, EmulatorConfig, FederatedCredential};
+use tokenwarden::signing::keys::{Certificate, SigningKey};
+use tokenwarden::{ClientAuth, JobConfig, PluginError, RunError, SecretStore, SigningAlg};
+use tokenwarden_tests::*;
+use tokio::io::AsyncWriteExt;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokenwarden-under-test");
+const KEY: &str = "Signing Key";
+const CERT: &str = "Signing Cert";
+
+/// A key pair and its self-signed certificate, made by `openssl` as an operator would.
+struct KeyFiles {
+    key_pem: String,
+    cert_pem: String,
+    cert_der: Vec<u8>,
+    dir: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs (the openssl package)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `kind`: `rsa:2048`, `rsa:4096` or `ec`.
+fn key_files(dir: &Path, kind: &str) -> KeyFiles {
+    let sub = dir.join(kind.replace(':', "-"));
+    std::fs::create_dir_all(&sub).unwrap();
+    let mut args = vec![
+        "req",
+        "-x509",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=tokenwarden-test",
+    ];
+    if kind == "ec" {
+        args.extend(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]);
+    } else {
+        args.extend(["-newkey", kind]);
+    }
+    args.extend(["-keyout", "key.pem", "-out", "cert.pem"]);
+    openssl(&sub, &args);
+    let cert_pem = std::fs::read_to_string(sub.join("cert.pem")).unwrap();
+    KeyFiles {
+        key_pem: std::fs::read_to_string(sub.join("key.pem")).unwrap(),
+        cert_der: Certificate::from_pem(&cert_pem).unwrap().der().to_vec(),
+        cert_pem,
+        dir: sub,
+    }
+}
+
+fn emulator_trusting(certs: &[&KeyFiles]) -> EmulatorConfig {
+    EmulatorConfig {
+        certificates: certs
+            .iter()
+            .map(|k| (emulator::DEMO_CLIENT_ID.to_string(), k.cert_der.clone()))
+            .collect(),
+        ..EmulatorConfig::default()
+    }
+}
+
+fn jwt_job(authority: &str, alg: SigningAlg) -> JobConfig {
+    let mut job = entra_job(authority);
+    job.client_auth = ClientAuth::PrivateKeyJwt;
+    job.signing_alg = alg;
+    job.secrets.client_secret = None;
+    job.secrets.private_key = Some(KEY.into());
+    job.secrets.certificate = Some(CERT.into());
+    job
+}
+
+fn rejected_with(r: Result<tokenwarden::RunReport, RunError>) -> Vec<u32> {
+    match plugin_error(r) {
+        PluginError::Rejected(e) => e.error_codes,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn each_algorithm_signed_by_the_host_gets_a_token_entra_style() {
+    let dir = tempfile::tempdir().unwrap();
+    for (kind, alg) in [
+        ("rsa:2048", SigningAlg::PS256),
+        ("rsa:4096", SigningAlg::RS256),
+        ("ec", SigningAlg::ES256),
+    ] {
+        let keys = key_files(dir.path(), kind);
+        let emu = start_emulator_with(emulator_trusting(&[&keys])).await;
+        let f = Fixture::new().await;
+        f.set(CLIENT_SECRET, "never-sent-canary").await;
+        f.set(KEY, &keys.key_pem).await;
+        f.set(CERT, &keys.cert_pem).await;
+        let report = runtime()
+            .run(&jwt_job(&emu.authority(), alg), f.dyn_store())
+            .await
+            .unwrap_or_else(|e| panic!("{kind} {alg:?}: {e}"));
+        assert_eq!(report.outcome.token_type, "Bearer");
+        let token = f.get(ACCESS_TOKEN).await.unwrap();
+        assert!(emu.state.accepts(&token), "{kind} {alg:?}");
+        // The second run signs a fresh assertion (new jti): replay protection does not
+        // stop a job that refreshes.
+        runtime()
+            .run(&jwt_job(&emu.authority(), alg), f.dyn_store())
+            .await
+            .unwrap_or_else(|e| panic!("{kind} {alg:?} again: {e}"));
+        assert_eq!(emu.state.stats().tokens_issued, 2);
+    }
+}
+
+#[tokio::test]
+async fn a_key_entra_does_not_know_or_the_wrong_algorithm_keeps_the_old_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let registered = key_files(dir.path(), "rsa:2048");
+    let other = key_files(dir.path(), "ec");
+    let emu = start_emulator_with(emulator_trusting(&[&registered])).await;
+    let f = Fixture::new().await;
+    f.set(ACCESS_TOKEN, "previous-good-token").await;
+    // A key and certificate Entra has never seen: refused by thumbprint.
+    f.set(KEY, &other.key_pem).await;
+    f.set(CERT, &other.cert_pem).await;
+    let job = jwt_job(&emu.authority(), SigningAlg::ES256);
+    assert_eq!(
+        rejected_with(runtime().run(&job, f.dyn_store()).await),
+        vec![700027]
+    );
+    // The registered certificate, but signed by another key: refused by signature.
+    f.set(CERT, &registered.cert_pem).await;
+    assert_eq!(
+        rejected_with(runtime().run(&job, f.dyn_store()).await),
+        vec![700027]
+    );
+    // An RSA key asked for ES256: the host refuses to sign, nothing is sent.
+    f.set(KEY, &registered.key_pem).await;
+    let before = emu.state.stats().token_requests;
+    match plugin_error(runtime().run(&job, f.dyn_store()).await) {
+        PluginError::BadRequest(m) => assert!(m.contains("ES256"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(emu.state.stats().token_requests, before);
+    // No key stored: a clear error naming the store name.
+    f.store.delete(KEY).await.unwrap();
+    match plugin_error(runtime().run(&job, f.dyn_store()).await) {
+        PluginError::BadRequest(m) => assert!(m.contains(KEY) && m.contains("import-key"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        f.get(ACCESS_TOKEN).await.as_deref(),
+        Some("previous-good-token")
+    );
+}
+
+/// A generic RFC 7523 token endpoint: it knows one client's public key by `kid`, checks
+/// the assertion's signature, `iss`/`sub`, `aud` (its own URL) and `exp`, and answers with
+/// a token. Written against the RFC, not against tokenwarden's emulator.
+#[derive(Clone)]
+struct Rfc7523 {
+    public_key: Arc<Vec<u8>>,
+    audience: Arc<Mutex<String>>,
+    seen: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+async fn rfc7523_token(
+    State(s): State<Rfc7523>,
+    axum::extract::Form(form): axum::extract::Form<std::collections::HashMap<String, String>>,
+) -> axum::response::Response {
+    let refuse = |why: &str| {
+        (
+            axum::http::StatusCode::UNAUTHORIZED,
+            axum::Json(serde_json::json!({"error": "invalid_client", "error_description": why})),
+        )
+            .into_response()
+    };
+    if form.get("client_assertion_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    {
+        return refuse("client_assertion_type");
+    }
+    let jwt = form.get("client_assertion").cloned().unwrap_or_default();
+    let parts: Vec<&str> = jwt.split('.').collect();
+    if parts.len() != 3 {
+        return refuse("not a JWS");
+    }
+    let decode = |p: &str| URL_SAFE_NO_PAD.decode(p).unwrap_or_default();
+    let header: serde_json::Value = serde_json::from_slice(&decode(parts[0])).unwrap_or_default();
+    let claims: serde_json::Value = serde_json::from_slice(&decode(parts[1])).unwrap_or_default();
+    if header["alg"] != "ES256" || header["kid"] != "key-2026" {
+        return refuse("alg or kid");
+    }
+    let key = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ECDSA_P256_SHA256_FIXED,
+        s.public_key.as_slice(),
+    );
+    let input = format!("{}.{}", parts[0], parts[1]);
+    if key.verify(input.as_bytes(), &decode(parts[2])).is_err() {
+        return refuse("signature");
+    }
+    let now = unix_now();
+    let exp = claims["exp"].as_u64().unwrap_or(0);
+    if claims["iss"] != "generic-client"
+        || claims["sub"] != "generic-client"
+        || claims["aud"] != *s.audience.lock().unwrap()
+        || exp < now
+        || exp > now + 3600
+    {
+        return refuse("claims");
+    }
+    s.seen.lock().unwrap().push(claims);
+    axum::Json(serde_json::json!({"access_token": "rfc7523-token", "token_type": "Bearer", "expires_in": 600}))
+        .into_response()
+}
+
+#[tokio::test]
+async fn a_generic_rfc7523_server_takes_an_es256_assertion_named_by_key_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = key_files(dir.path(), "ec");
+    let public_key = match SigningKey::from_pem(&keys.key_pem).unwrap() {
+        SigningKey::P256(k) => ring::signature::KeyPair::public_key(&k).as_ref().to_vec(),
+        other => panic!("{other:?}"),
+    };
+    let state = Rfc7523 {
+        public_key: Arc::new(public_key),
+        audience: Arc::default(),
+        seen: Arc::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/oauth/token?tenant=a",
+        listener.local_addr().unwrap()
+    );
+    *state.audience.lock().unwrap() = url.clone();
+    let app = axum::Router::new()
+        .route("/oauth/token", axum::routing::post(rfc7523_token))
+        .with_state(state.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let f = Fixture::new().await;
+    f.set(CLIENT_ID, "generic-client").await;
+    f.set(KEY, &keys.key_pem).await;
+    let mut job = url_job(&url, "api");
+    job.client_auth = ClientAuth::PrivateKeyJwt;
+    job.signing_alg = SigningAlg::ES256;
+    job.key_id = Some("key-2026".into());
+    job.secrets.client_secret = None;
+    job.secrets.private_key = Some(KEY.into());
+    runtime().run(&job, f.dyn_store()).await.unwrap();
+    assert_eq!(f.get(ACCESS_TOKEN).await.as_deref(), Some("rfc7523-token"));
+    let seen = state.seen.lock().unwrap().clone();
+    let claims = &seen[0];
+    let (iat, nbf, exp) = (
+        claims["iat"].as_u64().unwrap(),
+        claims["nbf"].as_u64().unwrap(),
+        claims["exp"].as_u64().unwrap(),
+    );
+    assert_eq!(iat, nbf);
+    assert_eq!(exp - iat, 300, "a short lifetime");
+    assert_eq!(claims["jti"].as_str().unwrap().len(), 36);
+}
+
+/// A signed JWT as a Kubernetes API server would issue for a service account, signed
+/// with `issuer`'s key.
+fn service_account_token(issuer: &KeyFiles, iss: &str, sub: &str, aud: &str, exp: u64) -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","kid":"k8s"}"#);
+    let now = unix_now();
+    let claims = URL_SAFE_NO_PAD.encode(
+        serde_json::json!({"iss": iss, "sub": sub, "aud": [aud], "iat": now, "nbf": now, "exp": exp})
+            .to_string(),
+    );
+    let input = format!("{header}.{claims}");
+    let key = SigningKey::from_pem(&issuer.key_pem).unwrap();
+    let sig = key.sign(SigningAlg::RS256, input.as_bytes()).unwrap();
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+}
+
+#[tokio::test]
+async fn a_federated_assertion_is_read_from_its_file_at_every_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer_key = key_files(dir.path(), "rsa:2048");
+    let iss = "https://oidc.cluster.example/abc";
+    let sub = "system:serviceaccount:payments:graph-reader";
+    let emu = start_emulator_with(EmulatorConfig {
+        federated: vec![FederatedCredential {
+            client_id: emulator::DEMO_CLIENT_ID.into(),
+            issuer: iss.into(),
+            subject: sub.into(),
+            audience: emulator::assertion::FEDERATED_AUDIENCE.into(),
+            issuer_certificate: issuer_key.cert_der.clone(),
+        }],
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let f = Fixture::new().await;
+    let file = dir.path().join("azure-identity-token");
+    let aud = emulator::assertion::FEDERATED_AUDIENCE;
+    let later = unix_now() + 3600;
+    std::fs::write(
+        &file,
+        service_account_token(&issuer_key, iss, sub, aud, later) + "\n",
+    )
+    .unwrap();
+    let mut job = entra_job(&emu.authority());
+    job.client_auth = ClientAuth::ClientAssertion;
+    job.secrets.client_secret = None;
+    job.assertion_file = Some(file.clone());
+    runtime().run(&job, f.dyn_store()).await.unwrap();
+    assert!(emu.state.accepts(&f.get(ACCESS_TOKEN).await.unwrap()));
+
+    // The file is rotated (as the kubelet does): the next run sends the new content. A
+    // subject with no federated record is refused, which proves it was read again.
+    std::fs::write(
+        &file,
+        service_account_token(
+            &issuer_key,
+            iss,
+            "system:serviceaccount:other:x",
+            aud,
+            later,
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        rejected_with(runtime().run(&job, f.dyn_store()).await),
+        vec![70021]
+    );
+    for (token, code) in [
+        (
+            service_account_token(&issuer_key, "https://elsewhere", sub, aud, later),
+            700211,
+        ),
+        (
+            service_account_token(&issuer_key, iss, sub, "api://other", later),
+            700212,
+        ),
+        (
+            service_account_token(&issuer_key, iss, sub, aud, unix_now() - 3600),
+            700024,
+        ),
+    ] {
+        std::fs::write(&file, token).unwrap();
+        assert_eq!(
+            rejected_with(runtime().run(&job, f.dyn_store()).await),
+            vec![code]
+        );
+    }
+    // Signed by someone else: refused by signature.
+    let forger = key_files(dir.path(), "rsa:3072");
+    std::fs::write(&file, service_account_token(&forger, iss, sub, aud, later)).unwrap();
+    assert_eq!(
+        rejected_with(runtime().run(&job, f.dyn_store()).await),
+        vec![700027]
+    );
+
+    // A missing file or one that is no token: a clear error, nothing sent.
+    let before = emu.state.stats().token_requests;
+    std::fs::remove_file(&file).unwrap();
+    let e = plugin_error(runtime().run(&job, f.dyn_store()).await);
+    assert!(
+        matches!(&e, PluginError::SecretStore(m) if m.contains("azure-identity-token")),
+        "{e:?}"
+    );
+    std::fs::write(&file, vec![b'x'; 64 * 1024 + 1]).unwrap();
+    let e = plugin_error(runtime().run(&job, f.dyn_store()).await);
+    assert!(
+        matches!(&e, PluginError::SecretStore(m) if m.contains("larger than")),
+        "{e:?}"
+    );
+    std::fs::write(&file, "\n").unwrap();
+    let e = plugin_error(runtime().run(&job, f.dyn_store()).await);
+    assert!(matches!(&e, PluginError::MissingSecret { .. }), "{e:?}");
+    assert_eq!(emu.state.stats().token_requests, before);
+}
+
+#[tokio::test]
+async fn the_rogue_guest_can_sign_but_never_read_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = key_files(dir.path(), "rsa:2048");
+    let f = Fixture::new().await;
+    f.set(KEY, &keys.key_pem).await;
+    f.set(CERT, &keys.cert_pem).await;
+    let mut job = jwt_job("http://127.0.0.1:9", SigningAlg::PS256);
+    job.secrets.client_secret = Some(CLIENT_SECRET.into());
+    job.scope = "steal-key".into();
+    job.plugin = Some(ROGUE_COMPONENT.into());
+    let report = runtime().run(&job, f.dyn_store()).await.unwrap();
+    assert_eq!(
+        report.outcome.token_type,
+        "get:denied cert-of-key:denied sign-client-secret:denied sign-access-token:denied huge:unusable es256-with-rsa:unusable sign:ok"
+    );
+    // What it got is a signature the certificate verifies, nothing more.
+    let sig = URL_SAFE_NO_PAD
+        .decode(report.outcome.scope.as_deref().unwrap())
+        .unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&keys.cert_der).unwrap();
+    ring::signature::UnparsedPublicKey::new(
+        &ring::signature::RSA_PSS_2048_8192_SHA256,
+        cert.public_key().subject_public_key.data.as_ref(),
+    )
+    .verify(b"rogue", &sig)
+    .expect("a PS256 signature by the job's key");
+    // Nothing of the key in anything the run reported.
+    let reported = format!("{report:?}");
+    for line in keys.key_pem.lines().filter(|l| l.len() > 20) {
+        assert!(!reported.contains(line));
+    }
+}
+
+/// The CLI as an operator runs it: the key and certificate from PEM on stdin, then from
+/// PKCS#12 with its password from the environment, then a refresh by a real process.
+#[tokio::test]
+async fn import_key_reads_pem_and_pkcs12_from_stdin_and_the_job_refreshes() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = key_files(dir.path(), "rsa:2048");
+    let emu = start_emulator_with(emulator_trusting(&[&keys])).await;
+    let work = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"[store]
+path = "data/tw.db"
+
+[[jobs]]
+name = "graph"
+scope = "{SCOPE}"
+authority = "{}"
+client_auth = "private_key_jwt"
+[jobs.secrets]
+client_id = "{CLIENT_ID}"
+tenant_id = "{TENANT_ID}"
+private_key = "{KEY}"
+certificate = "{CERT}"
+access_token = "{ACCESS_TOKEN}"
+"#,
+        emu.authority()
+    );
+    std::fs::write(work.path().join("tokenwarden.toml"), config).unwrap();
+    let store = tokenwarden::SqliteStore::open(&work.path().join("data/tw.db")).unwrap();
+    seed_client_secrets(&store).await;
+    drop(store);
+    let run = |args: Vec<String>, stdin: Vec<u8>, env: Vec<(&'static str, String)>| {
+        let cwd = work.path().to_path_buf();
+        async move {
+            let mut cmd = tokio::process::Command::new(BIN);
+            cmd.args(&args)
+                .current_dir(&cwd)
+                .env_remove("TOKENWARDEN_CONFIG")
+                .env_remove("TOKENWARDEN_LOG")
+                .envs(env)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = cmd.spawn().unwrap();
+            let mut input = child.stdin.take().unwrap();
+            input.write_all(&stdin).await.unwrap();
+            drop(input);
+            child.wait_with_output().await.unwrap()
+        }
+    };
+    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    let both = format!("{}{}", keys.cert_pem, keys.key_pem);
+    let out = run(
+        s(&["secrets", "import-key", KEY, "--certificate", CERT]),
+        both.into_bytes(),
+        vec![],
+    )
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("RSA 2048-bit") && err.contains("x5t#S256"),
+        "{err}"
+    );
+    for line in keys.key_pem.lines().filter(|l| l.len() > 20) {
+        assert!(!err.contains(line) && !String::from_utf8_lossy(&out.stdout).contains(line));
+    }
+    let out = run(s(&["refresh", "graph"]), vec![], vec![]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // PKCS#12 with a password, as `openssl pkcs12 -export` (and Windows) write it.
+    let other = key_files(dir.path(), "ec");
+    openssl(
+        &other.dir,
+        &[
+            "pkcs12",
+            "-export",
+            "-inkey",
+            "key.pem",
+            "-in",
+            "cert.pem",
+            "-out",
+            "k.p12",
+            "-passout",
+            "pass:pfx-pass",
+        ],
+    );
+    let p12 = std::fs::read(other.dir.join("k.p12")).unwrap();
+    let wrong = run(
+        s(&["secrets", "import-key", KEY, "--certificate", CERT]),
+        p12.clone(),
+        vec![("TOKENWARDEN_PKCS12_PASSWORD", "nope".into())],
+    )
+    .await;
+    assert_eq!(
+        wrong.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong password"));
+    let out = run(
+        s(&["secrets", "import-key", KEY, "--certificate", CERT]),
+        p12,
+        vec![("TOKENWARDEN_PKCS12_PASSWORD", "pfx-pass".into())],
+    )
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success() && err.contains("EC P-256"), "{err}");
+    // The job still says PS256 (the default), which an EC key cannot make: the host
+    // refuses to sign, the run says why, and nothing is sent.
+    let before = emu.state.stats().token_requests;
+    let out = run(s(&["refresh", "graph"]), vec![], vec![]).await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PS256"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(emu.state.stats().token_requests, before);
+
+    // Refusals store nothing: a key with a certificate that is not its own, garbage.
+    let mismatched = format!("{}{}", keys.cert_pem, other.key_pem);
+    for input in [
+        mismatched.as_bytes(),
+        b"not a key".as_slice(),
+        b"".as_slice(),
+    ] {
+        let out = run(
+            s(&["secrets", "import-key", "Other Key"]),
+            input.to_vec(),
+            vec![],
+        )
+        .await;
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("nothing stored"));
+    }
+    let list = run(s(&["secrets", "list"]), vec![], vec![]).await;
+    assert!(!String::from_utf8_lossy(&list.stdout).contains("Other Key"));
+}
