@@ -573,3 +573,89 @@ access_token = "{ACCESS_TOKEN}"
     let list = run(s(&["secrets", "list"]), vec![], vec![]).await;
     assert!(!String::from_utf8_lossy(&list.stdout).contains("Other Key"));
 }
+
+/// A pod with Azure workload identity: the four variables, a config that names none of
+/// them, and a real `tokenwarden` process.
+#[tokio::test]
+async fn workload_identity_variables_are_a_client_assertion_jobs_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer_key = key_files(dir.path(), "rsa:2048");
+    let iss = "https://oidc.cluster.example/wi";
+    let sub = "system:serviceaccount:default:tokenwarden";
+    let emu = start_emulator_with(EmulatorConfig {
+        federated: vec![FederatedCredential {
+            client_id: emulator::DEMO_CLIENT_ID.into(),
+            issuer: iss.into(),
+            subject: sub.into(),
+            audience: emulator::assertion::FEDERATED_AUDIENCE.into(),
+            issuer_certificate: issuer_key.cert_der.clone(),
+        }],
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let token_file = dir.path().join("azure-identity-token");
+    let aud = emulator::assertion::FEDERATED_AUDIENCE;
+    std::fs::write(
+        &token_file,
+        service_account_token(&issuer_key, iss, sub, aud, unix_now() + 3600),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("tokenwarden.toml"),
+        format!(
+            "[store]\npath = \"data/tw.db\"\n\n[[jobs]]\nname = \"graph\"\nscope = \"{SCOPE}\"\nclient_auth = \"client_assertion\"\n[jobs.secrets]\naccess_token = \"{ACCESS_TOKEN}\"\n"
+        ),
+    )
+    .unwrap();
+    let run = |args: &'static [&'static str], with_env: bool| {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.args(args)
+            .current_dir(dir.path())
+            .env_remove("TOKENWARDEN_CONFIG")
+            .env_remove("TOKENWARDEN_LOG")
+            .stdin(Stdio::null());
+        for var in [
+            "AZURE_FEDERATED_TOKEN_FILE",
+            "AZURE_CLIENT_ID",
+            "AZURE_TENANT_ID",
+            "AZURE_AUTHORITY_HOST",
+        ] {
+            cmd.env_remove(var);
+        }
+        if with_env {
+            cmd.env("AZURE_FEDERATED_TOKEN_FILE", &token_file)
+                .env("AZURE_CLIENT_ID", emulator::DEMO_CLIENT_ID)
+                .env("AZURE_TENANT_ID", emulator::DEMO_TENANT)
+                .env("AZURE_AUTHORITY_HOST", emu.authority());
+        }
+        cmd.output()
+    };
+    let out = run(&["config", "check", "--json"], true).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let job = &v["jobs"][0];
+    assert_eq!(job["client_auth"], "client_assertion");
+    assert_eq!(job["assertion_file"], token_file.to_str().unwrap());
+    assert_eq!(
+        job["token_endpoint"],
+        format!("{}/{{tenant}}/oauth2/v2.0/token", emu.authority())
+    );
+    assert_eq!(job["given_ids"][0]["value"], emulator::DEMO_CLIENT_ID);
+    assert_eq!(job["given_ids"][1]["value"], emulator::DEMO_TENANT);
+    let out = run(&["refresh", "graph"], true).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(emu.state.stats().tokens_issued, 1);
+    // Without the variables, the config says what is missing.
+    let out = run(&["config", "check"], false).await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("AZURE_FEDERATED_TOKEN_FILE"), "{err}");
+}

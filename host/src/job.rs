@@ -96,6 +96,10 @@ pub struct JobConfig {
     pub key_id: Option<String>,
     /// For `client_assertion`: the file the host reads the assertion from at every run.
     pub assertion_file: Option<PathBuf>,
+    /// Roles answered with a value instead of from the store: a workload-identity job's
+    /// `client-id` and `tenant-id` from `AZURE_CLIENT_ID` and `AZURE_TENANT_ID` (public
+    /// identifiers) when `[jobs.secrets]` does not bind them.
+    pub given_ids: Vec<(&'static str, String)>,
     /// Origins the plugin may reach; empty means the token endpoint's origin.
     pub allowed_hosts: Vec<Origin>,
     /// Origins the proxy may send this job's token to (`upstreams`; by default the https
@@ -139,6 +143,7 @@ impl JobConfig {
             signing_alg: SigningAlg::default(),
             key_id: None,
             assertion_file: None,
+            given_ids: Vec::new(),
             allowed_hosts: Vec::new(),
             upstreams: Vec::new(),
             allow_insecure_http: false,

@@ -523,7 +523,8 @@ impl Runtime {
             secrets: SecretsCtx::new(&job.secrets, store)
                 .fenced_by(lease)
                 .max_token_lifetime(job.limits.max_token_lifetime)
-                .assertion_file(job.assertion_file.clone()),
+                .assertion_file(job.assertion_file.clone())
+                .given_ids(job.given_ids.clone()),
             limits: StoreLimitsBuilder::new()
                 .memory_size(job.limits.max_memory)
                 .table_elements(job.limits.max_table_elements)

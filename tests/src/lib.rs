@@ -136,7 +136,7 @@ impl Fixture {
 /// The grants every test job uses.
 pub fn roles() -> SecretRoles {
     SecretRoles {
-        client_id: CLIENT_ID.into(),
+        client_id: Some(CLIENT_ID.into()),
         client_secret: Some(CLIENT_SECRET.into()),
         tenant_id: Some(TENANT_ID.into()),
         access_token: ACCESS_TOKEN.into(),

@@ -74,7 +74,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
         "graph",
         "https://graph.microsoft.com/.default",
         SecretRoles {
-            client_id: CLIENT_ID.into(),
+            client_id: Some(CLIENT_ID.into()),
             client_secret: Some(CLIENT_SECRET.into()),
             tenant_id: Some(TENANT_ID.into()),
             access_token: ACCESS_TOKEN.into(),

@@ -236,6 +236,9 @@ pub(super) async fn check(config_path: &Path, as_json: bool) -> anyhow::Result<u
                     .then(|| job.signing_alg.as_str()),
                 "key_id": job.key_id,
                 "assertion_file": job.assertion_file,
+                "given_ids": job.given_ids.iter().map(|(role, value)| json!({
+                    "role": role, "value": value,
+                })).collect::<Vec<_>>(),
                 "allowed_hosts": allowed,
                 "schedule": job.schedule.to_string(),
                 "wasi": job.wasi.unwrap_or(default_wasi).as_str(),

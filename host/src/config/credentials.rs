@@ -1,7 +1,10 @@
 //! How a job proves its identity: `client_auth` and the keys that go with it
 //! (`signing_alg`, `key_id`, `assertion_file`, the credential roles of `[jobs.secrets]`).
 //! Each method is granted exactly the credential it uses: a role or key of another method
-//! is refused, so a job never holds a secret it does not need.
+//! is refused, so a job never holds a secret it does not need. A `client_assertion` job
+//! takes Azure workload identity's variables as defaults: `AZURE_FEDERATED_TOKEN_FILE`,
+//! `AZURE_CLIENT_ID`, `AZURE_TENANT_ID` and `AZURE_AUTHORITY_HOST`, read when the config
+//! loads.
 
 use super::parse::{ConfigError, Ctx};
 use super::raw::RawJob;
@@ -9,12 +12,17 @@ use crate::job::{ClientAuth, SigningAlg};
 use crate::secrets::SecretRoles;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use tokenwarden_contract::role;
 use toml::Spanned;
 
 /// Azure workload identity's token file (AKS, and what `azure-identity` reads).
 pub const AZURE_FEDERATED_TOKEN_FILE: &str = "AZURE_FEDERATED_TOKEN_FILE";
 /// Azure workload identity's authority host.
 pub const AZURE_AUTHORITY_HOST: &str = "AZURE_AUTHORITY_HOST";
+/// Azure workload identity's client id.
+pub const AZURE_CLIENT_ID: &str = "AZURE_CLIENT_ID";
+/// Azure workload identity's tenant id.
+pub const AZURE_TENANT_ID: &str = "AZURE_TENANT_ID";
 
 /// The longest `key_id` accepted.
 pub const MAX_KEY_ID: usize = 256;
@@ -24,6 +32,15 @@ pub(super) struct Credential {
     pub(super) signing_alg: SigningAlg,
     pub(super) key_id: Option<String>,
     pub(super) assertion_file: Option<PathBuf>,
+    pub(super) given_ids: Vec<(&'static str, String)>,
+}
+
+/// A non-empty environment variable, trimmed.
+fn env(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
 }
 
 /// For a `client_assertion` job with no `cloud`, `authority` or `token_url`: the authority
@@ -33,10 +50,9 @@ pub(super) fn workload_authority(j: &mut RawJob, span: &Range<usize>) {
         && j.cloud.is_none()
         && j.authority.is_none()
         && j.token_url.is_none()
-        && let Ok(host) = std::env::var(AZURE_AUTHORITY_HOST)
-        && !host.trim().is_empty()
+        && let Some(host) = env(AZURE_AUTHORITY_HOST)
     {
-        j.authority = Some(Spanned::new(span.clone(), host.trim().to_string()));
+        j.authority = Some(Spanned::new(span.clone(), host));
     }
 }
 
@@ -157,10 +173,52 @@ pub(super) fn credential(
         }
         None
     };
+    let federated = method == ClientAuth::ClientAssertion;
+    let mut given_ids = Vec::new();
+    for (key, bound, needed, var, role) in [
+        (
+            "client_id",
+            roles.client_id.is_some(),
+            true,
+            AZURE_CLIENT_ID,
+            role::CLIENT_ID,
+        ),
+        (
+            "tenant_id",
+            roles.tenant_id.is_some(),
+            j.token_url.is_none(),
+            AZURE_TENANT_ID,
+            role::TENANT_ID,
+        ),
+    ] {
+        if bound || !needed {
+            continue;
+        }
+        match env(var).filter(|_| federated) {
+            Some(value) => given_ids.push((role, value)),
+            None => {
+                let unless = if key == "tenant_id" {
+                    " unless `token_url` is set"
+                } else {
+                    ""
+                };
+                return Err(cx.invalid(
+                    roles_span.clone(),
+                    ctx(
+                        &format!("secrets.{key}"),
+                        format!(
+                            "is required{unless} (a `client_assertion` job may take it from {var})"
+                        ),
+                    ),
+                ));
+            }
+        }
+    }
     Ok(Credential {
         signing_alg,
         key_id,
         assertion_file,
+        given_ids,
     })
 }
 
@@ -321,6 +379,22 @@ mod tests {
             let e = parse(&job(auth, extra, secrets)).unwrap_err().to_string();
             assert!(e.contains(needle), "{auth} {extra} {secrets}: {e}");
         }
+    }
+
+    #[test]
+    fn ids_come_from_the_store_or_only_for_workload_identity_from_the_environment() {
+        let no_id = "[[jobs]]\nname = \"j\"\nscope = \"https://graph.microsoft.com/.default\"\n[jobs.secrets]\nclient_secret = \"S\"\ntenant_id = \"t\"\naccess_token = \"token\"\n";
+        let e = parse(no_id).unwrap_err().to_string();
+        assert!(
+            e.contains("client_id` is required") && e.contains("AZURE_CLIENT_ID"),
+            "{e}"
+        );
+        let no_tenant = "[[jobs]]\nname = \"j\"\nscope = \"https://graph.microsoft.com/.default\"\n[jobs.secrets]\nclient_id = \"id\"\nclient_secret = \"S\"\naccess_token = \"token\"\n";
+        let e = parse(no_tenant).unwrap_err().to_string();
+        assert!(
+            e.contains("tenant_id` is required unless `token_url`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -766,15 +766,6 @@ fn job_config(
             endpoint_origin = Some((endpoint(cx, v, key, &name)?, v.span(), key));
         }
     }
-    if j.token_url.is_none() && roles.tenant_id.is_none() {
-        return Err(cx.invalid(
-            j.secrets.span(),
-            ctx(
-                "secrets.tenant_id",
-                "is required unless `token_url` is set".into(),
-            ),
-        ));
-    }
     let is_entra = j.token_url.is_none()
         && endpoint_origin
             .as_ref()
@@ -898,6 +889,7 @@ fn job_config(
         signing_alg: credential.signing_alg,
         key_id: credential.key_id,
         assertion_file: credential.assertion_file,
+        given_ids: credential.given_ids,
         allowed_hosts,
         upstreams,
         allow_insecure_http: j.allow_insecure_http,

@@ -51,8 +51,9 @@ impl HasData for HasSecrets {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretRoles {
-    /// Read role `client-id`.
-    pub client_id: String,
+    /// Read role `client-id`; optional only for a workload-identity job, whose client id
+    /// comes from `AZURE_CLIENT_ID` ([`crate::JobConfig::given_ids`]).
+    pub client_id: Option<String>,
     /// Read role `client-secret`, for the `client_secret_*` methods.
     pub client_secret: Option<String>,
     /// Read role `tenant-id`; optional when the job has a `token_url`.
@@ -70,7 +71,7 @@ impl Default for SecretRoles {
     /// `tenant-id`, `access-token`): the natural grant for a host with one job.
     fn default() -> Self {
         Self {
-            client_id: role::CLIENT_ID.into(),
+            client_id: Some(role::CLIENT_ID.into()),
             client_secret: Some(role::CLIENT_SECRET.into()),
             tenant_id: Some(role::TENANT_ID.into()),
             access_token: role::ACCESS_TOKEN.into(),
@@ -84,7 +85,7 @@ impl SecretRoles {
     /// The store names the job reads or signs with (its inputs).
     pub fn inputs(&self) -> impl Iterator<Item = &str> {
         [
-            Some(self.client_id.as_str()),
+            self.client_id.as_deref(),
             self.client_secret.as_deref(),
             self.tenant_id.as_deref(),
             self.private_key.as_deref(),
@@ -96,8 +97,9 @@ impl SecretRoles {
 
     /// Every bound role with its config key and store name, the token last.
     pub fn bindings(&self) -> Vec<(&'static str, &str)> {
-        let mut all = vec![("client_id", self.client_id.as_str())];
+        let mut all = Vec::new();
         for (key, name) in [
+            ("client_id", &self.client_id),
             ("client_secret", &self.client_secret),
             ("tenant_id", &self.tenant_id),
             ("private_key", &self.private_key),
@@ -140,7 +142,10 @@ impl Grants {
             writable: false,
             secret,
         };
-        let mut grants = vec![read(role::CLIENT_ID, &roles.client_id, false)];
+        let mut grants = Vec::new();
+        if let Some(id) = &roles.client_id {
+            grants.push(read(role::CLIENT_ID, id, false));
+        }
         if let Some(s) = &roles.client_secret {
             grants.push(read(role::CLIENT_SECRET, s, true));
         }
@@ -185,6 +190,8 @@ pub struct SecretsCtx {
     written: Option<u64>,
     /// Where the `client-assertion` role is read from, when the job has one.
     assertion_file: Option<std::path::PathBuf>,
+    /// Public identifiers given as values, by role.
+    given: Vec<(&'static str, String)>,
 }
 
 /// The largest assertion file read: a Kubernetes or CI token is 1-2 KiB.
@@ -202,6 +209,7 @@ impl SecretsCtx {
             seen: Redactor::default(),
             written: None,
             assertion_file: None,
+            given: Vec::new(),
         };
         ctx.set_max_token_lifetime(crate::limits::RunLimits::default().max_token_lifetime);
         ctx
@@ -229,6 +237,13 @@ impl SecretsCtx {
     /// The `client-assertion` role reads `file` at every call (federated credentials).
     pub fn assertion_file(mut self, file: Option<std::path::PathBuf>) -> Self {
         self.assertion_file = file;
+        self
+    }
+
+    /// Roles answered with these values (public identifiers, e.g. workload identity's
+    /// client and tenant ids from the environment) instead of from the store.
+    pub fn given_ids(mut self, given: Vec<(&'static str, String)>) -> Self {
+        self.given = given;
         self
     }
 
@@ -284,6 +299,9 @@ impl bindings::Host for SecretsCtx {
         {
             tracing::debug!(file = %file.display(), "plugin reads the assertion file");
             return self.read_assertion(&file).await;
+        }
+        if let Some((_, value)) = self.given.iter().find(|(r, _)| *r == role) {
+            return Ok(Some(value.clone()));
         }
         let Some(grant) = self.grants.find(&role) else {
             // The role name is the plugin's text: scrub it like its output.
