@@ -407,17 +407,9 @@ async fn the_rogue_guest_can_sign_but_never_read_the_key() {
         report.outcome.token_type,
         "get:denied cert-of-key:denied sign-client-secret:denied sign-access-token:denied huge:unusable es256-with-rsa:unusable sign:ok"
     );
-    // What it got is a signature the certificate verifies, nothing more.
-    let sig = URL_SAFE_NO_PAD
-        .decode(report.outcome.scope.as_deref().unwrap())
-        .unwrap();
-    let (_, cert) = x509_parser::parse_x509_certificate(&keys.cert_der).unwrap();
-    ring::signature::UnparsedPublicKey::new(
-        &ring::signature::RSA_PSS_2048_8192_SHA256,
-        cert.public_key().subject_public_key.data.as_ref(),
-    )
-    .verify(b"rogue", &sig)
-    .expect("a PS256 signature by the job's key");
+    // It returned the signature it got: the host scrubbed it (with its signature, a
+    // leaked assertion would be a credential). Emulator and RFC 7523 tests verify them.
+    assert_eq!(report.outcome.scope.as_deref(), Some("[redacted]"));
     // Nothing of the key in anything the run reported.
     let reported = format!("{report:?}");
     for line in keys.key_pem.lines().filter(|l| l.len() > 20) {

@@ -227,15 +227,12 @@ impl tokio::io::AsyncWrite for CappedPipe {
 }
 
 /// Logs what a plugin printed, with every secret value it saw replaced.
-fn log_output(job: &str, stream: &str, pipe: &CappedPipe, secrets: &SecretsCtx) {
+fn log_output(job: &str, stream: &str, pipe: &CappedPipe, run: &RunState) {
     let (bytes, dropped) = pipe.take();
     if bytes.is_empty() && dropped == 0 {
         return;
     }
-    let text = crate::text::clean(
-        &secrets.redact(&String::from_utf8_lossy(&bytes)),
-        usize::MAX,
-    );
+    let text = crate::text::clean(&run.redact(&String::from_utf8_lossy(&bytes)), usize::MAX);
     tracing::info!(job, stream, dropped_bytes = dropped, output = %text.trim_end(), "plugin output");
 }
 
@@ -248,6 +245,14 @@ struct RunState {
     secrets: SecretsCtx,
     signing: SigningCtx,
     limits: StoreLimits,
+}
+
+impl RunState {
+    /// `text` without any secret value the run read or wrote, nor any signature the host
+    /// made for it (with its signature, a logged assertion would be a credential).
+    fn redact(&self, text: &str) -> String {
+        self.signing.redact(&self.secrets.redact(text))
+    }
 }
 
 impl WasiView for RunState {
@@ -598,16 +603,15 @@ impl Runtime {
         };
         let result = tokio::time::timeout_at(deadline, call).await;
         let data = store.data();
-        log_output(&job.name, "stdout", &stdout, &data.secrets);
-        log_output(&job.name, "stderr", &stderr, &data.secrets);
+        log_output(&job.name, "stdout", &stdout, data);
+        log_output(&job.name, "stderr", &stderr, data);
         for origin in &data.egress.denied {
             // The URL came from the plugin: scrub it like its output.
-            tracing::warn!(job = %job.name, origin = %data.secrets.redact(origin), "egress denied: origin not in the job's allow-list");
+            tracing::warn!(job = %job.name, origin = %data.redact(origin), "egress denied: origin not in the job's allow-list");
         }
         // Every text below came from the plugin (and often from the token endpoint before
         // it): none may carry a secret the run touched, a terminal escape, or megabytes.
-        let scrub =
-            |t: String| crate::text::clean(&data.secrets.redact(&t), crate::text::MAX_FOREIGN_TEXT);
+        let scrub = |t: String| crate::text::clean(&data.redact(&t), crate::text::MAX_FOREIGN_TEXT);
         let result = match result {
             Ok(r) => r?,
             Err(_) => return Err(RunError::Timeout(job.timeout)),

@@ -64,6 +64,30 @@ impl Transport for Canned {
     }
 }
 
+/// An RSA 2048 key (made by `openssl`, as the tests do) for PS256 and an EC P-256 key for
+/// ES256, as PEM.
+fn bench_keys(dir: &std::path::Path) -> Vec<(&'static str, tokenwarden::SigningAlg, String)> {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(dir.join("rsa.pem"))
+        .output()
+        .expect("openssl runs");
+    assert!(out.status.success());
+    let rsa = std::fs::read_to_string(dir.join("rsa.pem")).unwrap();
+    let ec = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    vec![
+        ("ps256-rsa2048", tokenwarden::SigningAlg::PS256, rsa),
+        ("es256-p256", tokenwarden::SigningAlg::ES256, ec),
+    ]
+}
+
 fn canned_job() -> JobConfig {
     let mut job = JobConfig::new("bench", "https://graph.microsoft.com/.default", roles());
     job.token_url = Some(TOKEN_URL.into());
@@ -337,6 +361,22 @@ fn main() {
             );
             tails.push((format!("in-process component/{label}"), component));
             tails.push((format!("in-process native/{label}"), native));
+        }
+        // Certificate credentials: the host parses the key and signs every run.
+        for (label, alg, key_pem) in bench_keys(dir.path()) {
+            let store: Arc<dyn SecretStore> = Arc::new(MemoryStore::default());
+            rt.block_on(seed_client_secrets(&*store));
+            rt.block_on(store.set("Bench Key", &SecretString::from(key_pem), None))
+                .unwrap();
+            let mut signed = canned_job();
+            signed.client_auth = tokenwarden::ClientAuth::PrivateKeyJwt;
+            signed.signing_alg = alg;
+            signed.secrets.client_secret = None;
+            signed.secrets.private_key = Some("Bench Key".into());
+            g.bench_function(format!("component-private-key-jwt/{label}/memory"), |b| {
+                b.to_async(&rt)
+                    .iter(|| async { canned.run(&signed, store.clone()).await.unwrap() })
+            });
         }
         g.bench_function("component-p3/memory", |b| {
             b.to_async(&rt)

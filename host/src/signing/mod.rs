@@ -9,8 +9,10 @@
 
 pub mod keys;
 
+use crate::redact::Redactor;
 use crate::secrets::SecretRoles;
 use crate::store::SecretStore;
+use base64::Engine as _;
 use keys::{Certificate, SigningKey};
 use secrecy::ExposeSecret;
 use std::sync::Arc;
@@ -47,11 +49,13 @@ impl HasData for HasSigning {
     type Data<'a> = &'a mut SigningCtx;
 }
 
-/// Per-run state behind `signing`: the store names of the job's key and certificate.
+/// Per-run state behind `signing`: the store names of the job's key and certificate, and
+/// the signatures made, to scrub from what the run prints or returns.
 pub struct SigningCtx {
     store: Arc<dyn SecretStore>,
     private_key: Option<String>,
     certificate: Option<String>,
+    signed: Redactor,
 }
 
 impl SigningCtx {
@@ -61,7 +65,15 @@ impl SigningCtx {
             store,
             private_key: roles.private_key.clone(),
             certificate: roles.certificate.clone(),
+            signed: Redactor::default(),
         }
+    }
+
+    /// `text` with every signature this run made replaced by `[redacted]`, in any encoding:
+    /// with its signature an assertion is a credential for its lifetime, without it an
+    /// assertion is just claims.
+    pub fn redact(&self, text: &str) -> String {
+        self.signed.redact(text)
     }
 
     async fn read(&self, name: &str) -> Result<Option<String>, bindings::Error> {
@@ -137,6 +149,9 @@ impl bindings::Host for SigningCtx {
         };
         let key = SigningKey::from_pem(&pem).map_err(|e| unusable(&name, e))?;
         tracing::debug!(name = %name, alg = alg.as_str(), "signing an assertion for the plugin");
-        key.sign(alg, &data).map_err(|e| unusable(&name, e))
+        let signature = key.sign(alg, &data).map_err(|e| unusable(&name, e))?;
+        self.signed
+            .add(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&signature));
+        Ok(signature)
     }
 }
