@@ -651,3 +651,184 @@ async fn workload_identity_variables_are_a_client_assertion_jobs_defaults() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("AZURE_FEDERATED_TOKEN_FILE"), "{err}");
 }
+
+fn identity_job(authority: &str, path_and_version: &str) -> JobConfig {
+    let mut job = JobConfig::new("mi", SCOPE, roles());
+    job.client_auth = ClientAuth::ManagedIdentity;
+    job.token_url = Some(format!("{authority}{path_and_version}"));
+    job.identity_source = Some(tokenwarden::IdentitySource::Imds);
+    job.secrets.client_id = None;
+    job.secrets.client_secret = None;
+    job.secrets.tenant_id = None;
+    job
+}
+
+#[tokio::test]
+async fn a_managed_identity_gets_its_token_from_imds_and_waits_out_an_endpoint_not_ready() {
+    let emu = start_emulator().await;
+    let f = Fixture::new().await;
+    f.set(ACCESS_TOKEN, "previous-good-token").await;
+    let job = identity_job(
+        &emu.authority(),
+        "/metadata/identity/oauth2/token?api-version=2018-02-01",
+    );
+    // Not ready (404), being updated (410), throttled, failing: each is retryable, and the
+    // last good token stays.
+    emu.state.push_faults([
+        emulator::Fault::Status { status: 404 },
+        emulator::Fault::Status { status: 410 },
+        emulator::Fault::Throttle {
+            retry_after: Some(2),
+        },
+        emulator::Fault::Status { status: 500 },
+    ]);
+    for want in ["404", "410", "429", "500"] {
+        let e = runtime().run(&job, f.dyn_store()).await.unwrap_err();
+        assert_eq!(e.retry(), tokenwarden::Retry::Retryable, "{want}: {e}");
+        assert!(e.to_string().contains(want), "{e}");
+        assert_eq!(
+            f.get(ACCESS_TOKEN).await.as_deref(),
+            Some("previous-good-token")
+        );
+    }
+    let report = runtime().run(&job, f.dyn_store()).await.unwrap();
+    let token = f.get(ACCESS_TOKEN).await.unwrap();
+    assert!(emu.state.accepts(&token));
+    // IMDS sends its numbers as strings: the expiry is still read.
+    assert_eq!(report.outcome.expires_in, Some(3599));
+
+    // A user-assigned identity: its client id, from the store, goes along.
+    f.set("UAMI Client ID", "11111111-2222-4333-8444-555555555555")
+        .await;
+    let mut user_assigned = job.clone();
+    user_assigned.secrets.client_id = Some("UAMI Client ID".into());
+    runtime().run(&user_assigned, f.dyn_store()).await.unwrap();
+    let token = f.get(ACCESS_TOKEN).await.unwrap();
+    let claims = token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
+    assert_eq!(claims["appid"], "11111111-2222-4333-8444-555555555555");
+}
+
+/// App Service from a real process: the endpoint and its header come from the environment
+/// as the platform sets them; a wrong header is a permanent failure that never shows it.
+#[tokio::test]
+async fn app_service_identity_from_the_environment_and_the_metadata_address_only_for_it() {
+    let emu = start_emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |job: &str| {
+        let secrets = if job.contains("managed_identity\"") {
+            ""
+        } else {
+            "client_id = \"id\"\nclient_secret = \"secret\"\n"
+        };
+        std::fs::write(
+            dir.path().join("tokenwarden.toml"),
+            format!("[store]\npath = \"data/tw.db\"\n\n[[jobs]]\nname = \"mi\"\nscope = \"{SCOPE}\"\n{job}\n[jobs.secrets]\n{secrets}access_token = \"{ACCESS_TOKEN}\"\n"),
+        )
+        .unwrap()
+    };
+    let run = |args: &'static [&'static str], header: Option<&'static str>| {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.args(args)
+            .current_dir(dir.path())
+            .env_remove("TOKENWARDEN_CONFIG")
+            .env_remove("TOKENWARDEN_LOG")
+            .env_remove("IDENTITY_ENDPOINT")
+            .env_remove("IDENTITY_HEADER")
+            .stdin(Stdio::null());
+        if let Some(h) = header {
+            cmd.env(
+                "IDENTITY_ENDPOINT",
+                format!("{}/msi/token", emu.authority()),
+            )
+            .env("IDENTITY_HEADER", h);
+        }
+        cmd.output()
+    };
+    write("client_auth = \"managed_identity\"");
+    let out = run(
+        &["config", "check", "--json"],
+        Some(emulator::DEMO_IDENTITY_HEADER),
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["jobs"][0]["token_endpoint"],
+        format!("{}/msi/token?api-version=2019-08-01", emu.authority())
+    );
+    let out = run(&["refresh", "mi"], Some(emulator::DEMO_IDENTITY_HEADER))
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(emu.state.stats().tokens_issued, 1);
+    let out = run(
+        &["--log-format", "json", "refresh", "mi"],
+        Some("wrong-identity-header"),
+    )
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("unauthorized_client") && !err.contains("wrong-identity-header"),
+        "{err}"
+    );
+
+    // Without App Service's variables the job asks IMDS, at the link-local address, which
+    // it may reach over plain http; no other job may name that address.
+    let out = run(&["config", "check", "--json"], None).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["jobs"][0]["token_endpoint"],
+        "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01"
+    );
+    assert_eq!(
+        v["jobs"][0]["allowed_hosts"][0],
+        "http://169.254.169.254:80"
+    );
+    for (job, why) in [
+        (
+            "token_url = \"http://169.254.169.254/metadata/identity/oauth2/token\"\nallow_insecure_http = true",
+            "link-local",
+        ),
+        (
+            "token_url = \"https://idp.example/token\"\nallowed_hosts = [\"https://idp.example\", \"http://169.254.169.254\"]",
+            "link-local",
+        ),
+        (
+            "token_url = \"http://[fe80::1]/token\"\nallow_insecure_http = true",
+            "link-local",
+        ),
+        (
+            "token_url = \"https://idp.example/token\"\nmanaged_identity = \"imds\"",
+            "needs `client_auth",
+        ),
+    ] {
+        write(&format!("{job}\n"));
+        let out = run(&["config", "check"], None).await.unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() == Some(2) && err.contains(why),
+            "{job}: {err}"
+        );
+    }
+    write("client_auth = \"managed_identity\"\nmanaged_identity = \"app_service\"");
+    let out = run(&["config", "check"], None).await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("IDENTITY_ENDPOINT"));
+}

@@ -32,6 +32,9 @@ pub mod role {
     /// Read: a federated credential's assertion, which the host reads from a file at every
     /// run.
     pub const CLIENT_ASSERTION: &str = "client-assertion";
+    /// Read: App Service's `IDENTITY_HEADER`, which proves a managed-identity request
+    /// comes from the app.
+    pub const IDENTITY_HEADER: &str = "identity-header";
 }
 
 /// RFC 7523's client assertions: what the component sends and the emulator checks.
@@ -164,16 +167,21 @@ pub enum ClientAuth {
     /// An assertion someone else issued, read by the host from a file (federated
     /// credentials).
     ClientAssertion,
+    /// No client credential: an Azure managed identity's endpoint (IMDS or App Service).
+    ManagedIdentity,
 }
 
-impl ClientAuth {
-    /// The role that holds this method's credential.
-    pub fn credential_role(self) -> &'static str {
-        match self {
-            ClientAuth::ClientSecretPost | ClientAuth::ClientSecretBasic => role::CLIENT_SECRET,
-            ClientAuth::PrivateKeyJwt => role::PRIVATE_KEY,
-            ClientAuth::ClientAssertion => role::CLIENT_ASSERTION,
-        }
+/// Azure managed identity: its endpoints and the rules they share.
+pub mod managed_identity {
+    /// The Instance Metadata Service's token endpoint (link-local, plain http by design).
+    pub const IMDS_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
+    /// The API version tokenwarden asks IMDS for.
+    pub const IMDS_API_VERSION: &str = "2018-02-01";
+    /// The API version tokenwarden asks App Service's `IDENTITY_ENDPOINT` for.
+    pub const APP_SERVICE_API_VERSION: &str = "2019-08-01";
+    /// The resource a scope names: the scope without `/.default`.
+    pub fn resource(scope: &str) -> &str {
+        scope.strip_suffix("/.default").unwrap_or(scope)
     }
 }
 

@@ -66,6 +66,9 @@ pub mod p3 {
                     action::ClientAuth::ClientAssertion => {
                         async_action::ClientAuth::ClientAssertion
                     }
+                    action::ClientAuth::ManagedIdentity => {
+                        async_action::ClientAuth::ManagedIdentity
+                    }
                 },
                 extra_params: r.extra_params.clone(),
                 signing_alg: match r.signing_alg {

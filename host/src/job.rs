@@ -77,6 +77,21 @@ impl std::str::FromStr for WasiVersion {
     }
 }
 
+/// Where a managed identity's token comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdentitySource {
+    /// The Azure Instance Metadata Service (VMs, scale sets, AKS nodes).
+    Imds,
+    /// App Service, Functions, Container Apps: `IDENTITY_ENDPOINT` with the
+    /// `IDENTITY_HEADER` from the environment.
+    AppService,
+}
+
+/// Environment variable naming App Service's identity endpoint.
+pub const IDENTITY_ENDPOINT_ENV: &str = "IDENTITY_ENDPOINT";
+/// Environment variable holding App Service's identity header (a secret).
+pub const IDENTITY_HEADER_ENV: &str = "IDENTITY_HEADER";
+
 /// One job, validated (a `[[jobs]]` entry, paths resolved).
 #[derive(Clone, Debug)]
 pub struct JobConfig {
@@ -100,6 +115,9 @@ pub struct JobConfig {
     /// `client-id` and `tenant-id` from `AZURE_CLIENT_ID` and `AZURE_TENANT_ID` (public
     /// identifiers) when `[jobs.secrets]` does not bind them.
     pub given_ids: Vec<(&'static str, String)>,
+    /// For `managed_identity`: which endpoint `token_url` is (App Service's needs its
+    /// `IDENTITY_HEADER`).
+    pub identity_source: Option<IdentitySource>,
     /// Origins the plugin may reach; empty means the token endpoint's origin.
     pub allowed_hosts: Vec<Origin>,
     /// Origins the proxy may send this job's token to (`upstreams`; by default the https
@@ -144,6 +162,7 @@ impl JobConfig {
             key_id: None,
             assertion_file: None,
             given_ids: Vec::new(),
+            identity_source: None,
             allowed_hosts: Vec::new(),
             upstreams: Vec::new(),
             allow_insecure_http: false,

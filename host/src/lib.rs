@@ -67,7 +67,7 @@ pub use daemon::{
     RunRecord, Trigger, TriggerError,
 };
 pub use egress::{EgressPolicy, HttpLimits, NetTransport, Origin, Transport};
-pub use job::{ClientAuth, JobConfig, SigningAlg, WASI_ENV, WasiVersion};
+pub use job::{ClientAuth, IdentitySource, JobConfig, SigningAlg, WASI_ENV, WasiVersion};
 pub use limits::RunLimits;
 pub use outcome::{OAuthError, Outcome, PluginError, Retry, RunError};
 pub use runtime::{

@@ -529,7 +529,10 @@ impl Runtime {
                 .fenced_by(lease)
                 .max_token_lifetime(job.limits.max_token_lifetime)
                 .assertion_file(job.assertion_file.clone())
-                .given_ids(job.given_ids.clone()),
+                .given_ids(job.given_ids.clone())
+                .identity_header_from_env(
+                    job.identity_source == Some(crate::job::IdentitySource::AppService),
+                ),
             limits: StoreLimitsBuilder::new()
                 .memory_size(job.limits.max_memory)
                 .table_elements(job.limits.max_table_elements)
@@ -554,6 +557,7 @@ impl Runtime {
                 ClientAuth::ClientSecretBasic => action::ClientAuth::ClientSecretBasic,
                 ClientAuth::PrivateKeyJwt => action::ClientAuth::PrivateKeyJwt,
                 ClientAuth::ClientAssertion => action::ClientAuth::ClientAssertion,
+                ClientAuth::ManagedIdentity => action::ClientAuth::ManagedIdentity,
             },
             signing_alg: match job.signing_alg {
                 SigningAlg::PS256 => action::SigningAlg::Ps256,

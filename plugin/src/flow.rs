@@ -39,6 +39,9 @@ fn required(env: &impl Env, role: &str) -> Result<String, Error> {
 /// Fetches a token and stores it only when the reply holds a non-empty one. Every error is
 /// scrubbed of the credentials and the token before it leaves.
 pub fn refresh(env: &impl Env, req: &Request) -> Result<Outcome, Error> {
+    if req.client_auth == ClientAuth::ManagedIdentity {
+        return managed_identity(env, req);
+    }
     let client_id = required(env, role::CLIENT_ID)?;
     let tenant = if req.token_url.is_none() {
         Some(required(env, role::TENANT_ID)?)
@@ -53,6 +56,7 @@ pub fn refresh(env: &impl Env, req: &Request) -> Result<Outcome, Error> {
         ClientAuth::PrivateKeyJwt => {
             Proof::Assertion(signed_assertion(env, req, &client_id, &endpoint)?)
         }
+        ClientAuth::ManagedIdentity => return managed_identity(env, req),
         // A token file ends with a newline more often than not.
         ClientAuth::ClientAssertion => {
             Proof::Assertion(required(env, role::CLIENT_ASSERTION)?.trim().to_string())
@@ -61,19 +65,52 @@ pub fn refresh(env: &impl Env, req: &Request) -> Result<Outcome, Error> {
     let creds = Credentials { client_id, proof };
     let basic = oauth::basic_auth(&creds);
     let secrets = [creds.proof.value(), basic.as_str()];
-    let result = (|| -> Result<Outcome, Error> {
-        let http = oauth::build_request(req, endpoint, &creds)?;
-        let reply = env.send(&http)?;
-        let token = oauth::parse_reply(&reply, env.now())?;
-        env.store(
-            role::ACCESS_TOKEN,
-            &token.access_token,
-            token.outcome.expires_at,
-        )
-        .map_err(|e| oauth::redacted(e, &[&token.access_token]))?;
-        Ok(token.outcome)
-    })();
-    result.map_err(|e| oauth::redacted(e, &secrets))
+    oauth::build_request(req, endpoint, &creds)
+        .and_then(|http| exchange(env, &http, false))
+        .map_err(|e| oauth::redacted(e, &secrets))
+}
+
+/// Sends `http`, and stores the token only when the reply holds one. With
+/// `not_ready_retries`, a 404 or 410 is a retryable server error: a managed identity's
+/// endpoint answers so while it is starting or being updated (IMDS documents retrying a
+/// 410 for 70 seconds), which the daemon's backoff does.
+fn exchange(env: &impl Env, http: &HttpRequest, not_ready_retries: bool) -> Result<Outcome, Error> {
+    let reply = env.send(http)?;
+    if not_ready_retries && matches!(reply.status, 404 | 410) {
+        return Err(Error::ServerError(reply.status));
+    }
+    let token = oauth::parse_reply(&reply, env.now())?;
+    env.store(
+        role::ACCESS_TOKEN,
+        &token.access_token,
+        token.outcome.expires_at,
+    )
+    .map_err(|e| oauth::redacted(e, &[&token.access_token]))?;
+    Ok(token.outcome)
+}
+
+/// A managed identity's token: no client credential, a user-assigned identity's client id
+/// when `client-id` is bound, App Service's header when `identity-header` is.
+fn managed_identity(env: &impl Env, req: &Request) -> Result<Outcome, Error> {
+    let optional = |role| match env.secret(role) {
+        Err(Error::AccessDenied(_)) => Ok(None),
+        other => other.map(|v| v.filter(|v| !v.trim().is_empty())),
+    };
+    let client_id = optional(role::CLIENT_ID)?;
+    let header = optional(role::IDENTITY_HEADER)?;
+    let Some(url) = &req.token_url else {
+        return Err(Error::BadRequest(
+            "a managed identity needs the identity endpoint as `token-url`".into(),
+        ));
+    };
+    let http = oauth::identity_request(
+        req,
+        oauth::Endpoint::parse(url)?,
+        client_id.as_deref(),
+        header.as_deref(),
+    );
+    let secrets = [header.as_deref().unwrap_or_default()];
+    exchange(env, &http, true).map_err(|e| oauth::redacted(e, &secrets))
 }
 
 /// An RFC 7523 assertion for `endpoint`, signed by the host with the `private-key` role's

@@ -114,9 +114,20 @@ impl Endpoint {
     }
 }
 
-/// An HTTP request ready to send: always a POST.
+/// An HTTP method the component uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpMethod {
+    /// A token request (RFC 6749 §4.4.2).
+    Post,
+    /// A managed identity's token endpoint.
+    Get,
+}
+
+/// An HTTP request ready to send.
 #[derive(Clone, PartialEq, Eq)]
 pub struct HttpRequest {
+    /// POST, or GET for a managed identity.
+    pub method: HttpMethod,
     /// Where to.
     pub endpoint: Endpoint,
     /// Header names (lower case) and values.
@@ -129,6 +140,7 @@ pub struct HttpRequest {
 impl std::fmt::Debug for HttpRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpRequest")
+            .field("method", &self.method)
             .field("endpoint", &self.endpoint)
             .field(
                 "body",
@@ -274,10 +286,49 @@ pub fn build_request(
         body.len().to_string().into_bytes(),
     ));
     Ok(HttpRequest {
+        method: HttpMethod::Post,
         endpoint,
         headers,
         body,
     })
+}
+
+/// A managed identity's token request: `GET {endpoint}&resource=...[&client_id=...]` with
+/// `Metadata: true` (IMDS's check that the caller is not a redirected browser) and, for
+/// App Service, `X-IDENTITY-HEADER`. The endpoint carries its `api-version` already.
+pub fn identity_request(
+    req: &Request,
+    mut endpoint: Endpoint,
+    client_id: Option<&str>,
+    identity_header: Option<&str>,
+) -> HttpRequest {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.append_pair(
+        "resource",
+        tokenwarden_contract::managed_identity::resource(&req.scope),
+    );
+    if let Some(id) = client_id {
+        query.append_pair("client_id", id);
+    }
+    let sep = if endpoint.path_and_query.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    endpoint.path_and_query = format!("{}{sep}{}", endpoint.path_and_query, query.finish());
+    let mut headers = vec![
+        ("metadata".to_string(), b"true".to_vec()),
+        ("accept".to_string(), b"application/json".to_vec()),
+    ];
+    if let Some(h) = identity_header {
+        headers.push(("x-identity-header".to_string(), h.as_bytes().to_vec()));
+    }
+    HttpRequest {
+        method: HttpMethod::Get,
+        endpoint,
+        headers,
+        body: Vec::new(),
+    }
 }
 
 /// `Basic base64(urlencode(id) ":" urlencode(secret))`, RFC 6749 §2.3.1; empty for an
@@ -505,7 +556,11 @@ fn parse_success(body: &[u8], status: u16, now: u64) -> Result<Token, Error> {
             ));
         }
     };
-    let expires_in = seconds(&obj, "expires_in")?;
+    // Managed identities' App Service endpoint sends only `expires_on` (Unix seconds).
+    let expires_in = match seconds(&obj, "expires_in")? {
+        Some(s) => Some(s),
+        None => seconds(&obj, "expires_on")?.map(|at| at.saturating_sub(now)),
+    };
     let outcome = Outcome {
         // RFC 6749 requires token_type, but servers that omit it mean Bearer.
         token_type: text(&obj, "token_type")?

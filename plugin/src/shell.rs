@@ -16,7 +16,11 @@ macro_rules! shell {
             let bad = |what: &str| {
                 oauth::Error::BadRequest(format!("{}: {what}", request.endpoint.origin()))
             };
-            out.set_method(&Method::Post).map_err(|_| bad("method"))?;
+            let method = match request.method {
+                oauth::HttpMethod::Post => Method::Post,
+                oauth::HttpMethod::Get => Method::Get,
+            };
+            out.set_method(&method).map_err(|_| bad("method"))?;
             let scheme = if request.endpoint.https {
                 Scheme::Https
             } else {
@@ -45,6 +49,7 @@ macro_rules! shell {
                         }
                         action::ClientAuth::PrivateKeyJwt => oauth::ClientAuth::PrivateKeyJwt,
                         action::ClientAuth::ClientAssertion => oauth::ClientAuth::ClientAssertion,
+                        action::ClientAuth::ManagedIdentity => oauth::ClientAuth::ManagedIdentity,
                     },
                     extra_params: req.extra_params,
                     signing_alg: match req.signing_alg {

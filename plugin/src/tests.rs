@@ -827,3 +827,96 @@ fn assertion_parameters_cannot_be_overridden_by_extra_params() {
         ));
     }
 }
+
+fn identity_request_for(url: &str) -> Request {
+    Request {
+        client_auth: ClientAuth::ManagedIdentity,
+        token_url: Some(url.into()),
+        ..entra_request()
+    }
+}
+
+#[test]
+fn a_managed_identity_asks_by_get_with_the_resource_and_no_client_credential() {
+    let env = Fake::new(Ok(reply(
+        200,
+        r#"{"access_token":"mi-token","expires_in":"86399","expires_on":"1800000000","token_type":"Bearer","resource":"https://graph.microsoft.com"}"#,
+    )));
+    let req = identity_request_for(
+        "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01",
+    );
+    let o = flow::refresh(&env, &req).unwrap();
+    assert_eq!(o.expires_in, Some(86399));
+    let sent = env.sent.borrow()[0].clone();
+    assert_eq!(sent.method, HttpMethod::Get);
+    assert_eq!(
+        sent.endpoint.path_and_query,
+        "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fgraph.microsoft.com&client_id=app"
+    );
+    assert!(sent.body.is_empty());
+    assert!(
+        sent.headers
+            .contains(&("metadata".into(), b"true".to_vec()))
+    );
+    assert!(!sent.headers.iter().any(|(n, _)| n == "x-identity-header"));
+    assert_eq!(env.secrets.borrow()[role::ACCESS_TOKEN], "mi-token");
+}
+
+#[test]
+fn app_service_gets_its_header_and_expires_on_when_it_sends_no_expires_in() {
+    let env = Fake::new(Ok(reply(
+        200,
+        r#"{"access_token":"mi-token","expires_on":"1100","resource":"r"}"#,
+    )));
+    env.secrets.borrow_mut().remove(role::CLIENT_ID);
+    env.secrets
+        .borrow_mut()
+        .insert(role::IDENTITY_HEADER.into(), "the-identity-header".into());
+    let o = flow::refresh(
+        &env,
+        &identity_request_for("http://127.0.0.1:41111/msi/token?api-version=2019-08-01"),
+    )
+    .unwrap();
+    assert_eq!((o.expires_in, o.expires_at), (Some(1000), Some(1100)));
+    let sent = env.sent.borrow()[0].clone();
+    assert!(!sent.endpoint.path_and_query.contains("client_id"));
+    assert!(
+        sent.headers
+            .contains(&("x-identity-header".into(), b"the-identity-header".to_vec()))
+    );
+}
+
+#[test]
+fn an_identity_endpoint_not_ready_is_retryable_and_its_header_never_echoed() {
+    for (status, want) in [
+        (404, Error::ServerError(404)),
+        (410, Error::ServerError(410)),
+    ] {
+        let env = Fake::new(Ok(reply(status, "{}")));
+        let e = flow::refresh(
+            &env,
+            &identity_request_for("http://169.254.169.254/t?api-version=1"),
+        )
+        .unwrap_err();
+        assert_eq!(e, want);
+        assert_eq!(env.secrets.borrow()[role::ACCESS_TOKEN], "old-token");
+    }
+    let env = Fake::new(Ok(reply(
+        400,
+        r#"{"error":"invalid_request","error_description":"bad header the-identity-header"}"#,
+    )));
+    env.secrets
+        .borrow_mut()
+        .insert(role::IDENTITY_HEADER.into(), "the-identity-header".into());
+    let e = flow::refresh(&env, &identity_request_for("http://127.0.0.1:1/msi/token")).unwrap_err();
+    assert!(!format!("{e:?}").contains("the-identity-header"), "{e:?}");
+    // Without an endpoint there is nothing to ask.
+    let req = Request {
+        client_auth: ClientAuth::ManagedIdentity,
+        ..entra_request()
+    };
+    assert!(matches!(
+        flow::refresh(&env, &req),
+        Err(Error::BadRequest(_))
+    ));
+}

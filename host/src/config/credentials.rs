@@ -8,11 +8,13 @@
 
 use super::parse::{ConfigError, Ctx};
 use super::raw::RawJob;
-use crate::job::{ClientAuth, SigningAlg};
+use crate::job::{
+    ClientAuth, IDENTITY_ENDPOINT_ENV, IDENTITY_HEADER_ENV, IdentitySource, SigningAlg,
+};
 use crate::secrets::SecretRoles;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use tokenwarden_contract::role;
+use tokenwarden_contract::{managed_identity, role};
 use toml::Spanned;
 
 /// Azure workload identity's token file (AKS, and what `azure-identity` reads).
@@ -56,6 +58,108 @@ pub(super) fn workload_authority(j: &mut RawJob, span: &Range<usize>) {
     }
 }
 
+/// For a `managed_identity` job: which endpoint (`managed_identity = "imds" |
+/// "app_service"`, by default App Service when `IDENTITY_ENDPOINT` is set), written into
+/// `token_url` with its `api-version` (`token_url`, when given, replaces the endpoint's
+/// address: a proxy, or the emulator). `None` for any other job, which may not say
+/// `managed_identity`.
+pub(super) fn managed_identity_endpoint(
+    cx: &Ctx<'_>,
+    j: &mut RawJob,
+    name: &str,
+    span: &Range<usize>,
+) -> Result<Option<IdentitySource>, ConfigError> {
+    let ctx = |key: &str, why: &str| format!("job `{name}`: `{key}` {why}");
+    if j.client_auth != ClientAuth::ManagedIdentity {
+        if let Some(m) = &j.managed_identity {
+            return Err(cx.invalid(
+                m.span(),
+                ctx(
+                    "managed_identity",
+                    "needs `client_auth = \"managed_identity\"`",
+                ),
+            ));
+        }
+        return Ok(None);
+    }
+    for (key, value) in [("cloud", &j.cloud), ("authority", &j.authority)] {
+        if let Some(v) = value {
+            return Err(cx.invalid(
+                v.span(),
+                ctx(key, "has no meaning for a managed identity, which asks the identity endpoint (`token_url` replaces its address)"),
+            ));
+        }
+    }
+    if j.scope.trim().is_empty() {
+        return Err(cx.invalid(
+            span.clone(),
+            ctx(
+                "scope",
+                "names the resource a managed identity's token is for; it is empty",
+            ),
+        ));
+    }
+    let source = match j
+        .managed_identity
+        .as_ref()
+        .map(|m| (m.get_ref().as_str(), m.span()))
+    {
+        None if env(IDENTITY_ENDPOINT_ENV).is_some() => IdentitySource::AppService,
+        None | Some(("imds", _)) => IdentitySource::Imds,
+        Some(("app_service", _)) => IdentitySource::AppService,
+        Some((other, s)) => {
+            return Err(cx.invalid(
+                s,
+                ctx(
+                    "managed_identity",
+                    &format!(
+                        "= {} is not one of imds, app_service",
+                        crate::text::quoted(other)
+                    ),
+                ),
+            ));
+        }
+    };
+    let at = j.token_url.as_ref().map_or(span.clone(), |t| t.span());
+    let base = match (&j.token_url, source) {
+        (Some(url), _) => url.get_ref().clone(),
+        (None, IdentitySource::Imds) => managed_identity::IMDS_ENDPOINT.to_string(),
+        (None, IdentitySource::AppService) => env(IDENTITY_ENDPOINT_ENV).ok_or_else(|| {
+            cx.invalid(
+                span.clone(),
+                ctx(
+                    "managed_identity",
+                    &format!("= \"app_service\" needs {IDENTITY_ENDPOINT_ENV} in the environment"),
+                ),
+            )
+        })?,
+    };
+    if source == IdentitySource::AppService && env(IDENTITY_HEADER_ENV).is_none() {
+        return Err(cx.invalid(
+            span.clone(),
+            ctx(
+                "managed_identity",
+                &format!("= \"app_service\" needs {IDENTITY_HEADER_ENV} in the environment"),
+            ),
+        ));
+    }
+    if base.contains(['?', '#']) {
+        return Err(cx.invalid(
+            at,
+            ctx(
+                "token_url",
+                "of a managed identity takes no query: the host adds the `api-version`",
+            ),
+        ));
+    }
+    let version = match source {
+        IdentitySource::Imds => managed_identity::IMDS_API_VERSION,
+        IdentitySource::AppService => managed_identity::APP_SERVICE_API_VERSION,
+    };
+    j.token_url = Some(Spanned::new(at, format!("{base}?api-version={version}")));
+    Ok(Some(source))
+}
+
 /// Checks `client_auth` against the credential keys and roles of job `name`.
 pub(super) fn credential(
     cx: &Ctx<'_>,
@@ -73,6 +177,7 @@ pub(super) fn credential(
         ClientAuth::ClientSecretBasic => "client_secret_basic",
         ClientAuth::PrivateKeyJwt => "private_key_jwt",
         ClientAuth::ClientAssertion => "client_assertion",
+        ClientAuth::ManagedIdentity => "managed_identity",
     };
     let unused = |key: &str, span: Range<usize>| {
         cx.invalid(
@@ -179,7 +284,8 @@ pub(super) fn credential(
         (
             "client_id",
             roles.client_id.is_some(),
-            true,
+            // A managed identity without one is the system-assigned identity.
+            method != ClientAuth::ManagedIdentity,
             AZURE_CLIENT_ID,
             role::CLIENT_ID,
         ),
@@ -395,6 +501,40 @@ mod tests {
             e.contains("tenant_id` is required unless `token_url`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_managed_identity_has_an_endpoint_and_no_credential() {
+        let mi = |extra: &str, secrets: &str| {
+            format!(
+                "[[jobs]]\nname = \"j\"\nscope = \"https://graph.microsoft.com/.default\"\nclient_auth = \"managed_identity\"\n{extra}\n[jobs.secrets]\naccess_token = \"token\"\n{secrets}"
+            )
+        };
+        let c = parse(&mi("managed_identity = \"imds\"", "client_id = \"UAMI\"")).unwrap();
+        let j = &c.jobs[0];
+        assert_eq!(j.identity_source, Some(crate::job::IdentitySource::Imds));
+        assert_eq!(
+            j.token_url.as_deref(),
+            Some("http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01")
+        );
+        assert_eq!(j.secrets.client_id.as_deref(), Some("UAMI"));
+        let c = parse(&mi("token_url = \"http://127.0.0.1:8421/metadata/identity/oauth2/token\"", "")).unwrap();
+        assert!(c.jobs[0].token_url.as_deref().unwrap().ends_with("/token?api-version=2018-02-01"));
+        let cases = [
+            ("managed_identity = \"vm\"", "", "not one of imds, app_service"),
+            ("cloud = \"usgov\"", "", "no meaning for a managed identity"),
+            ("authority = \"https://login.microsoftonline.com\"", "", "no meaning"),
+            ("token_url = \"http://127.0.0.1:1/t?api-version=1\"", "", "takes no query"),
+            ("", "client_secret = \"S\"", "client_secret` is not used"),
+            ("", "private_key = \"K\"", "private_key` is not used"),
+            ("token_url = \"http://10.0.0.1/t\"", "", "plain http"),
+        ];
+        for (extra, secrets, needle) in cases {
+            let e = parse(&mi(extra, secrets)).unwrap_err().to_string();
+            assert!(e.contains(needle), "{extra} {secrets}: {e}");
+        }
+        let empty = mi("", "").replace("https://graph.microsoft.com/.default", "");
+        assert!(parse(&empty).unwrap_err().to_string().contains("names the resource"));
     }
 
     #[test]

@@ -17,6 +17,19 @@ pub(super) fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Whether `host` is a link-local address (169.254.0.0/16, fe80::/10, IPv6 brackets
+/// allowed): where cloud metadata services listen.
+pub(super) fn is_link_local_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(v4)) => v4.is_link_local(),
+        Ok(std::net::IpAddr::V6(v6)) => {
+            v6.is_unicast_link_local() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
+        }
+        Err(_) => false,
+    }
+}
+
 /// `[egress]`: `None` when no proxy applies (no table, or `proxy = "env"` with no
 /// `HTTPS_PROXY` set).
 pub(super) fn egress(cx: &Ctx<'_>, raw: &RawEgress) -> Result<Option<EgressProxy>, ConfigError> {

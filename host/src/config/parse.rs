@@ -760,6 +760,7 @@ fn job_config(
         j.authority = Some(Spanned::new(cloud.span(), preset.authority.to_string()));
     }
     super::credentials::workload_authority(&mut j, &span);
+    let identity_source = super::credentials::managed_identity_endpoint(cx, &mut j, &name, &span)?;
     let mut endpoint_origin = None;
     for (key, value) in [("authority", &j.authority), ("token_url", &j.token_url)] {
         if let Some(v) = value {
@@ -777,9 +778,11 @@ fn job_config(
             ctx("scope", format!("= `{}`: {}", j.scope, entra::SCOPE_RULE)),
         ));
     }
+    let managed = identity_source.is_some();
     if let Some((origin, span, key)) = &endpoint_origin
         && origin.scheme == "http"
         && !super::network::is_loopback_host(&origin.host)
+        && !(managed && super::network::is_link_local_host(&origin.host))
         && !j.allow_insecure_http
     {
         return Err(cx.invalid(
@@ -798,6 +801,30 @@ fn job_config(
         let origin = Origin::parse(h.get_ref())
             .map_err(|e| cx.invalid(h.span(), ctx("allowed_hosts", e)))?;
         allowed_hosts.push(origin);
+    }
+    // The metadata address hands out this machine's identity: only a job that says it is
+    // one may reach it, never one pointed there by mistake (or by an attacker's config).
+    if !managed {
+        let endpoint = endpoint_origin.as_ref().map(|(o, s, k)| (o, s.clone(), *k));
+        let listed = allowed_hosts
+            .iter()
+            .map(|o| (o, span.clone(), "allowed_hosts"));
+        if let Some((o, s, k)) = endpoint
+            .into_iter()
+            .chain(listed)
+            .find(|(o, _, _)| super::network::is_link_local_host(&o.host))
+        {
+            return Err(cx.invalid(
+                s,
+                ctx(
+                    k,
+                    format!(
+                        "reaches the link-local address `{}`, where cloud metadata services hand out the machine's identity; only a `client_auth = \"managed_identity\"` job may",
+                        o.host
+                    ),
+                ),
+            ));
+        }
     }
     if !allowed_hosts.is_empty() {
         let (origin, span, key) = match &endpoint_origin {
@@ -890,6 +917,7 @@ fn job_config(
         key_id: credential.key_id,
         assertion_file: credential.assertion_file,
         given_ids: credential.given_ids,
+        identity_source,
         allowed_hosts,
         upstreams,
         allow_insecure_http: j.allow_insecure_http,

@@ -204,6 +204,7 @@ pub(super) struct RawJob {
     pub(super) signing_alg: Option<Spanned<String>>,
     pub(super) key_id: Option<Spanned<String>>,
     pub(super) assertion_file: Option<Spanned<String>>,
+    pub(super) managed_identity: Option<Spanned<String>>,
     pub(super) allowed_hosts: Option<Vec<Spanned<String>>>,
     pub(super) upstreams: Option<Vec<Spanned<String>>>,
     #[serde(default)]

@@ -124,9 +124,18 @@ impl EgressProxy {
         Origin::of_url(&full)
     }
 
-    /// Whether a request to `host` goes through the proxy.
+    /// Whether a request to `host` goes through the proxy. A link-local address never
+    /// does: through a proxy, the metadata address would hand out the proxy machine's
+    /// managed identity, not ours. (Loopback is proxied unless `no_proxy` lists it, as curl
+    /// does.)
     pub fn applies(&self, host: &str) -> bool {
-        !self.no_proxy.bypasses(host)
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let link_local = match bare.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(v4)) => v4.is_link_local(),
+            Ok(std::net::IpAddr::V6(v6)) => v6.is_unicast_link_local(),
+            Err(_) => false,
+        };
+        !link_local && !self.no_proxy.bypasses(host)
     }
 }
 
@@ -283,6 +292,27 @@ mod tests {
         }
         assert!(NoProxy::new(["*"]).bypasses("anything.example"));
         assert!(!NoProxy::default().bypasses("localhost"));
+    }
+
+    #[test]
+    fn the_metadata_address_is_never_proxied() {
+        let p = EgressProxy {
+            proxy: EgressProxy::parse_url("proxy.corp:3128").unwrap(),
+            no_proxy: NoProxy::default(),
+            credentials: None,
+        };
+        for direct in ["169.254.169.254", "169.254.0.1", "fe80::1", "[fe80::a:b]"] {
+            assert!(!p.applies(direct), "{direct}");
+        }
+        for proxied in [
+            "login.microsoftonline.com",
+            "10.0.0.1",
+            "169.255.0.1",
+            "fec0::1",
+            "127.0.0.1",
+        ] {
+            assert!(p.applies(proxied), "{proxied}");
+        }
     }
 
     #[test]

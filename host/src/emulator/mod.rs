@@ -8,7 +8,9 @@
 //! cross a proxy whole. A presented token that is unknown, expired or revoked gets `401` with
 //! `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750 §3.1);
 //! `POST /_emulator/revoke` revokes every token issued so far, as a continuous access
-//! evaluation event does. Client assertions (`private_key_jwt` with a registered
+//! evaluation event does. `GET /metadata/identity/oauth2/token` (the Instance Metadata
+//! Service) and `GET /msi/token` (App Service) issue managed-identity tokens ([`identity`]).
+//! Client assertions (`private_key_jwt` with a registered
 //! certificate, and federated credentials) are checked as Entra checks them ([`assertion`]). Faults are queued per request: from the command line (`--fault`)
 //! or at run time with `POST /_emulator/faults`; `GET /_emulator/stats` counts requests.
 
@@ -29,7 +31,11 @@ use tokenwarden_contract::entra::{self, DEFAULT_AUTHORITY, TOKEN_PATH};
 use tokio::net::TcpListener;
 
 pub mod assertion;
+mod identity;
 pub use assertion::FederatedCredential;
+
+/// The demo App Service identity header (public: it is in this binary).
+pub const DEMO_IDENTITY_HEADER: &str = "demo-identity-header-5f0e";
 
 /// Where `tokenwarden emulator` listens by default.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8421";
@@ -122,6 +128,9 @@ pub struct EmulatorConfig {
     pub certificates: Vec<(String, Vec<u8>)>,
     /// Federated identity records.
     pub federated: Vec<FederatedCredential>,
+    /// App Service's `IDENTITY_HEADER`: what its identity endpoint requires as
+    /// `X-IDENTITY-HEADER`.
+    pub identity_header: String,
     /// Lifetime of issued tokens.
     pub token_lifetime: Duration,
     /// Added to every token request.
@@ -137,6 +146,7 @@ impl Default for EmulatorConfig {
             clients: vec![(DEMO_CLIENT_ID.to_string(), DEMO_CLIENT_SECRET.to_string())],
             certificates: Vec::new(),
             federated: Vec::new(),
+            identity_header: DEMO_IDENTITY_HEADER.to_string(),
             token_lifetime: Duration::from_secs(3599),
             latency: Duration::ZERO,
             faults: Vec::new(),
@@ -300,6 +310,8 @@ impl Drop for Emulator {
 pub fn router(state: EmulatorState) -> Router {
     Router::new()
         .route(&format!("/{{tenant}}{TOKEN_PATH}"), post(token))
+        .route(identity::IMDS_PATH, get(identity::imds))
+        .route(identity::APP_SERVICE_PATH, get(identity::app_service))
         .route("/v1.0/me", get(me))
         .route("/v1.0/echo", any(echo))
         .route("/_emulator/faults", post(add_faults))
@@ -377,6 +389,15 @@ async fn token(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    if let Some(fault) = next_fault(&state).await {
+        return fault;
+    }
+    issue(&state, &tenant, &headers, &body)
+}
+
+/// Counts a token request, waits out the configured latency, and answers with the next
+/// queued fault, if any (a `delay` fault only waits).
+async fn next_fault(state: &EmulatorState) -> Option<Response> {
     let (fault, latency) = {
         let mut inner = state.lock();
         inner.stats.token_requests += 1;
@@ -389,15 +410,15 @@ async fn token(
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    match fault {
-        None => {}
-        Some(Fault::Delay { ms }) => tokio::time::sleep(Duration::from_millis(ms)).await,
-        Some(Fault::Status { status }) => {
-            return StatusCode::from_u16(status)
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-                .into_response();
+    Some(match fault? {
+        Fault::Delay { ms } => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            return None;
         }
-        Some(Fault::Throttle { retry_after }) => {
+        Fault::Status { status } => StatusCode::from_u16(status)
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            .into_response(),
+        Fault::Throttle { retry_after } => {
             let mut r = entra_error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "temporarily_unavailable",
@@ -408,33 +429,28 @@ async fn token(
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, s.to_string().parse().expect("digits"));
             }
-            return r;
+            r
         }
-        Some(Fault::Unavailable) => {
-            return entra_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                90006,
-                "The service is temporarily unavailable.",
-            );
+        Fault::Unavailable => entra_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            90006,
+            "The service is temporarily unavailable.",
+        ),
+        Fault::Malformed => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            "{\"token_type\":\"Bearer\",\"access_tok",
+        )
+            .into_response(),
+        Fault::EmptyToken => {
+            Json(json!({"token_type": "Bearer", "expires_in": 3599, "access_token": ""}))
+                .into_response()
         }
-        Some(Fault::Malformed) => {
-            return (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/json")],
-                "{\"token_type\":\"Bearer\",\"access_tok",
-            )
-                .into_response();
+        Fault::MissingToken => {
+            Json(json!({"token_type": "Bearer", "expires_in": 3599})).into_response()
         }
-        Some(Fault::EmptyToken) => {
-            return Json(json!({"token_type": "Bearer", "expires_in": 3599, "access_token": ""}))
-                .into_response();
-        }
-        Some(Fault::MissingToken) => {
-            return Json(json!({"token_type": "Bearer", "expires_in": 3599})).into_response();
-        }
-    }
-    issue(&state, &tenant, &headers, &body)
+    })
 }
 
 fn issue(state: &EmulatorState, tenant: &str, headers: &HeaderMap, body: &[u8]) -> Response {
@@ -602,6 +618,19 @@ fn issue(state: &EmulatorState, tenant: &str, headers: &HeaderMap, body: &[u8]) 
         );
     }
 
+    let (token, lifetime) = mint(inner, client_id, tenant, &scope);
+    Json(json!({
+        "token_type": "Bearer",
+        "expires_in": lifetime.as_secs(),
+        "ext_expires_in": lifetime.as_secs(),
+        "access_token": token,
+    }))
+    .into_response()
+}
+
+/// Issues a JWT-shaped token for `client_id` in `tenant` for `scope`'s resource, and
+/// remembers it for the protected resources: the token and its lifetime.
+fn mint(inner: &mut Inner, client_id: String, tenant: &str, scope: &str) -> (String, Duration) {
     let lifetime = inner.config.token_lifetime;
     let now = SystemTime::now();
     let iat = now
@@ -641,13 +670,7 @@ fn issue(state: &EmulatorState, tenant: &str, headers: &HeaderMap, body: &[u8]) 
         .entry(tenant.to_ascii_lowercase())
         .or_default()
         .push(now);
-    Json(json!({
-        "token_type": "Bearer",
-        "expires_in": lifetime.as_secs(),
-        "ext_expires_in": lifetime.as_secs(),
-        "access_token": token,
-    }))
-    .into_response()
+    (token, lifetime)
 }
 
 /// The caller's token, when it is one this emulator issued and it has not expired; else

@@ -192,6 +192,8 @@ pub struct SecretsCtx {
     assertion_file: Option<std::path::PathBuf>,
     /// Public identifiers given as values, by role.
     given: Vec<(&'static str, String)>,
+    /// Whether `identity-header` is App Service's `IDENTITY_HEADER`, from the environment.
+    identity_header: bool,
 }
 
 /// The largest assertion file read: a Kubernetes or CI token is 1-2 KiB.
@@ -210,6 +212,7 @@ impl SecretsCtx {
             written: None,
             assertion_file: None,
             given: Vec::new(),
+            identity_header: false,
         };
         ctx.set_max_token_lifetime(crate::limits::RunLimits::default().max_token_lifetime);
         ctx
@@ -244,6 +247,13 @@ impl SecretsCtx {
     /// client and tenant ids from the environment) instead of from the store.
     pub fn given_ids(mut self, given: Vec<(&'static str, String)>) -> Self {
         self.given = given;
+        self
+    }
+
+    /// The `identity-header` role answers with App Service's `IDENTITY_HEADER`, read from
+    /// the environment at each call (a secret: scrubbed like one).
+    pub fn identity_header_from_env(mut self, on: bool) -> Self {
+        self.identity_header = on;
         self
     }
 
@@ -299,6 +309,13 @@ impl bindings::Host for SecretsCtx {
         {
             tracing::debug!(file = %file.display(), "plugin reads the assertion file");
             return self.read_assertion(&file).await;
+        }
+        if role == role::IDENTITY_HEADER && self.identity_header {
+            let header = std::env::var(crate::job::IDENTITY_HEADER_ENV).ok();
+            if let Some(h) = &header {
+                self.seen.add(h);
+            }
+            return Ok(header.filter(|h| !h.is_empty()));
         }
         if let Some((_, value)) = self.given.iter().find(|(r, _)| *r == role) {
             return Ok(Some(value.clone()));
