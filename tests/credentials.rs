@@ -42,6 +42,31 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// `tokenwarden ARGS` in `dir`, as a shell there would run it but without the test
+/// process's own config, log or identity variables (each test sets the ones it means).
+fn tokenwarden(dir: &Path, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for var in [
+        "TOKENWARDEN_CONFIG",
+        "TOKENWARDEN_LOG",
+        "TOKENWARDEN_PKCS12_PASSWORD",
+        "AZURE_FEDERATED_TOKEN_FILE",
+        "AZURE_CLIENT_ID",
+        "AZURE_TENANT_ID",
+        "AZURE_AUTHORITY_HOST",
+        "IDENTITY_ENDPOINT",
+        "IDENTITY_HEADER",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 /// `kind`: `rsa:2048`, `rsa:4096` or `ec`.
 fn key_files(dir: &Path, kind: &str) -> KeyFiles {
     let sub = dir.join(kind.replace(':', "-"));
@@ -293,23 +318,29 @@ fn service_account_token(issuer: &KeyFiles, iss: &str, sub: &str, aud: &str, exp
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
 }
 
+/// The emulator with one federated identity record for the demo client: `iss` and `sub`,
+/// Entra's audience, tokens signed by `issuer`'s key.
+async fn federated_emulator(issuer: &KeyFiles, iss: &str, sub: &str) -> emulator::Emulator {
+    start_emulator_with(EmulatorConfig {
+        federated: vec![FederatedCredential {
+            client_id: emulator::DEMO_CLIENT_ID.into(),
+            issuer: iss.into(),
+            subject: sub.into(),
+            audience: emulator::assertion::FEDERATED_AUDIENCE.into(),
+            issuer_certificate: issuer.cert_der.clone(),
+        }],
+        ..EmulatorConfig::default()
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_federated_assertion_is_read_from_its_file_at_every_run() {
     let dir = tempfile::tempdir().unwrap();
     let issuer_key = key_files(dir.path(), "rsa:2048");
     let iss = "https://oidc.cluster.example/abc";
     let sub = "system:serviceaccount:payments:graph-reader";
-    let emu = start_emulator_with(EmulatorConfig {
-        federated: vec![FederatedCredential {
-            client_id: emulator::DEMO_CLIENT_ID.into(),
-            issuer: iss.into(),
-            subject: sub.into(),
-            audience: emulator::assertion::FEDERATED_AUDIENCE.into(),
-            issuer_certificate: issuer_key.cert_der.clone(),
-        }],
-        ..EmulatorConfig::default()
-    })
-    .await;
+    let emu = federated_emulator(&issuer_key, iss, sub).await;
     let f = Fixture::new().await;
     let file = dir.path().join("azure-identity-token");
     let aud = emulator::assertion::FEDERATED_AUDIENCE;
@@ -388,6 +419,18 @@ async fn a_federated_assertion_is_read_from_its_file_at_every_run() {
     std::fs::write(&file, "\n").unwrap();
     let e = plugin_error(runtime().run(&job, f.dyn_store()).await);
     assert!(matches!(&e, PluginError::MissingSecret { .. }), "{e:?}");
+    // A FIFO (or a device) is refused before it is opened: reading one would block.
+    std::fs::remove_file(&file).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let e = plugin_error(runtime().run(&job, f.dyn_store()).await);
+    assert!(
+        matches!(&e, PluginError::SecretStore(m) if m.contains("not a regular file")),
+        "{e:?}"
+    );
     assert_eq!(emu.state.stats().token_requests, before);
 }
 
@@ -448,17 +491,10 @@ access_token = "{ACCESS_TOKEN}"
     seed_client_secrets(&store).await;
     drop(store);
     let run = |args: Vec<String>, stdin: Vec<u8>, env: Vec<(&'static str, String)>| {
-        let cwd = work.path().to_path_buf();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut cmd = tokenwarden(work.path(), &args);
+        cmd.envs(env).stdin(Stdio::piped());
         async move {
-            let mut cmd = tokio::process::Command::new(BIN);
-            cmd.args(&args)
-                .current_dir(&cwd)
-                .env_remove("TOKENWARDEN_CONFIG")
-                .env_remove("TOKENWARDEN_LOG")
-                .envs(env)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
             let mut child = cmd.spawn().unwrap();
             let mut input = child.stdin.take().unwrap();
             input.write_all(&stdin).await.unwrap();
@@ -574,17 +610,7 @@ async fn workload_identity_variables_are_a_client_assertion_jobs_defaults() {
     let issuer_key = key_files(dir.path(), "rsa:2048");
     let iss = "https://oidc.cluster.example/wi";
     let sub = "system:serviceaccount:default:tokenwarden";
-    let emu = start_emulator_with(EmulatorConfig {
-        federated: vec![FederatedCredential {
-            client_id: emulator::DEMO_CLIENT_ID.into(),
-            issuer: iss.into(),
-            subject: sub.into(),
-            audience: emulator::assertion::FEDERATED_AUDIENCE.into(),
-            issuer_certificate: issuer_key.cert_der.clone(),
-        }],
-        ..EmulatorConfig::default()
-    })
-    .await;
+    let emu = federated_emulator(&issuer_key, iss, sub).await;
     let token_file = dir.path().join("azure-identity-token");
     let aud = emulator::assertion::FEDERATED_AUDIENCE;
     std::fs::write(
@@ -600,20 +626,7 @@ async fn workload_identity_variables_are_a_client_assertion_jobs_defaults() {
     )
     .unwrap();
     let run = |args: &'static [&'static str], with_env: bool| {
-        let mut cmd = tokio::process::Command::new(BIN);
-        cmd.args(args)
-            .current_dir(dir.path())
-            .env_remove("TOKENWARDEN_CONFIG")
-            .env_remove("TOKENWARDEN_LOG")
-            .stdin(Stdio::null());
-        for var in [
-            "AZURE_FEDERATED_TOKEN_FILE",
-            "AZURE_CLIENT_ID",
-            "AZURE_TENANT_ID",
-            "AZURE_AUTHORITY_HOST",
-        ] {
-            cmd.env_remove(var);
-        }
+        let mut cmd = tokenwarden(dir.path(), args);
         if with_env {
             cmd.env("AZURE_FEDERATED_TOKEN_FILE", &token_file)
                 .env("AZURE_CLIENT_ID", emulator::DEMO_CLIENT_ID)
@@ -729,14 +742,7 @@ async fn app_service_identity_from_the_environment_and_the_metadata_address_only
         .unwrap()
     };
     let run = |args: &'static [&'static str], header: Option<&'static str>| {
-        let mut cmd = tokio::process::Command::new(BIN);
-        cmd.args(args)
-            .current_dir(dir.path())
-            .env_remove("TOKENWARDEN_CONFIG")
-            .env_remove("TOKENWARDEN_LOG")
-            .env_remove("IDENTITY_ENDPOINT")
-            .env_remove("IDENTITY_HEADER")
-            .stdin(Stdio::null());
+        let mut cmd = tokenwarden(dir.path(), args);
         if let Some(h) = header {
             cmd.env(
                 "IDENTITY_ENDPOINT",

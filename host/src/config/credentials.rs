@@ -518,13 +518,35 @@ mod tests {
             Some("http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01")
         );
         assert_eq!(j.secrets.client_id.as_deref(), Some("UAMI"));
-        let c = parse(&mi("token_url = \"http://127.0.0.1:8421/metadata/identity/oauth2/token\"", "")).unwrap();
-        assert!(c.jobs[0].token_url.as_deref().unwrap().ends_with("/token?api-version=2018-02-01"));
+        let c = parse(&mi(
+            "token_url = \"http://127.0.0.1:8421/metadata/identity/oauth2/token\"",
+            "",
+        ))
+        .unwrap();
+        assert!(
+            c.jobs[0]
+                .token_url
+                .as_deref()
+                .unwrap()
+                .ends_with("/token?api-version=2018-02-01")
+        );
         let cases = [
-            ("managed_identity = \"vm\"", "", "not one of imds, app_service"),
+            (
+                "managed_identity = \"vm\"",
+                "",
+                "not one of imds, app_service",
+            ),
             ("cloud = \"usgov\"", "", "no meaning for a managed identity"),
-            ("authority = \"https://login.microsoftonline.com\"", "", "no meaning"),
-            ("token_url = \"http://127.0.0.1:1/t?api-version=1\"", "", "takes no query"),
+            (
+                "authority = \"https://login.microsoftonline.com\"",
+                "",
+                "no meaning",
+            ),
+            (
+                "token_url = \"http://127.0.0.1:1/t?api-version=1\"",
+                "",
+                "takes no query",
+            ),
             ("", "client_secret = \"S\"", "client_secret` is not used"),
             ("", "private_key = \"K\"", "private_key` is not used"),
             ("token_url = \"http://10.0.0.1/t\"", "", "plain http"),
@@ -534,7 +556,12 @@ mod tests {
             assert!(e.contains(needle), "{extra} {secrets}: {e}");
         }
         let empty = mi("", "").replace("https://graph.microsoft.com/.default", "");
-        assert!(parse(&empty).unwrap_err().to_string().contains("names the resource"));
+        assert!(
+            parse(&empty)
+                .unwrap_err()
+                .to_string()
+                .contains("names the resource")
+        );
     }
 
     #[test]

@@ -30,40 +30,11 @@ fn refuse(status: StatusCode, error: &str, description: &str) -> Response {
         .into_response()
 }
 
-/// What both endpoints check: the API version and a resource. The error is the
-/// description of a 400 `invalid_request`.
-fn resource<'q>(query: &'q HashMap<String, String>, version: &str) -> Result<&'q str, String> {
-    if query.get("api-version").map(String::as_str) != Some(version) {
-        return Err(format!(
-            "Required query variable 'api-version' is missing or not {version}"
-        ));
-    }
-    query
-        .get("resource")
-        .map(String::as_str)
-        .filter(|r| !r.is_empty())
-        .ok_or_else(|| "Required query variable 'resource' is missing".to_string())
-}
-
-/// Mints a token for the emulator's first tenant: the identity's client id (or the
-/// system-assigned one), the token, its lifetime, and Unix seconds now.
-fn issue_for(
-    state: &EmulatorState,
-    query: &HashMap<String, String>,
-    res: &str,
-) -> (String, String, u64, u64) {
-    let mut guard = state.lock();
-    let inner = &mut *guard;
-    let tenant = inner.config.tenants.first().cloned().unwrap_or_default();
-    let client_id = query
-        .get("client_id")
-        .cloned()
-        .unwrap_or_else(|| SYSTEM_ASSIGNED.to_string());
-    let (token, lifetime) = mint(inner, client_id.clone(), &tenant, res);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    (client_id, token, lifetime.as_secs(), now)
+/// Which endpoint a request came to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Imds,
+    AppService,
 }
 
 pub(super) async fn imds(
@@ -71,32 +42,7 @@ pub(super) async fn imds(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(fault) = next_fault(&state).await {
-        return fault;
-    }
-    if headers.get("metadata").and_then(|v| v.to_str().ok()) != Some("true") {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "Required metadata header not specified",
-        );
-    }
-    let res = match resource(&query, IMDS_API_VERSION) {
-        Ok(r) => r,
-        Err(why) => return refuse(StatusCode::BAD_REQUEST, "invalid_request", &why),
-    };
-    let (client_id, token, lifetime, now) = issue_for(&state, &query, res);
-    Json(json!({
-        "access_token": token,
-        "client_id": client_id,
-        "expires_in": lifetime.to_string(),
-        "expires_on": (now + lifetime).to_string(),
-        "ext_expires_in": lifetime.to_string(),
-        "not_before": now.to_string(),
-        "resource": res,
-        "token_type": "Bearer",
-    }))
-    .into_response()
+    serve(&state, &query, &headers, Endpoint::Imds).await
 }
 
 pub(super) async fn app_service(
@@ -104,31 +50,83 @@ pub(super) async fn app_service(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(fault) = next_fault(&state).await {
+    serve(&state, &query, &headers, Endpoint::AppService).await
+}
+
+/// A queued fault, else the endpoint's own check (IMDS: `Metadata: true`; App Service:
+/// its `X-IDENTITY-HEADER`), the API version and a resource, then a token in the
+/// endpoint's reply shape.
+async fn serve(
+    state: &EmulatorState,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    endpoint: Endpoint,
+) -> Response {
+    if let Some(fault) = next_fault(state).await {
         return fault;
     }
-    let expected = state.lock().config.identity_header.clone();
-    let presented = headers
-        .get("x-identity-header")
-        .and_then(|v| v.to_str().ok());
-    if presented.is_none_or(|p| p != expected) {
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let version = match endpoint {
+        Endpoint::Imds if header("metadata") != Some("true") => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "Required metadata header not specified",
+            );
+        }
+        Endpoint::Imds => IMDS_API_VERSION,
+        Endpoint::AppService => {
+            let expected = state.lock().config.identity_header.clone();
+            if header("x-identity-header").is_none_or(|p| p != expected) {
+                return refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized_client",
+                    "The X-IDENTITY-HEADER is missing or wrong",
+                );
+            }
+            APP_SERVICE_API_VERSION
+        }
+    };
+    if query.get("api-version").map(String::as_str) != Some(version) {
         return refuse(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized_client",
-            "The X-IDENTITY-HEADER is missing or wrong",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &format!("Required query variable 'api-version' is missing or not {version}"),
         );
     }
-    let res = match resource(&query, APP_SERVICE_API_VERSION) {
-        Ok(r) => r,
-        Err(why) => return refuse(StatusCode::BAD_REQUEST, "invalid_request", &why),
+    let Some(res) = query.get("resource").filter(|r| !r.is_empty()) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Required query variable 'resource' is missing",
+        );
     };
-    let (client_id, token, lifetime, now) = issue_for(&state, &query, res);
-    Json(json!({
+    let client_id = query
+        .get("client_id")
+        .cloned()
+        .unwrap_or_else(|| SYSTEM_ASSIGNED.to_string());
+    let (token, lifetime) = {
+        let mut guard = state.lock();
+        let tenant = guard.config.tenants.first().cloned().unwrap_or_default();
+        mint(&mut guard, client_id.clone(), &tenant, res)
+    };
+    let lifetime = lifetime.as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // Every number a string, as both services send them; App Service sends no
+    // `expires_in`.
+    let mut reply = json!({
         "access_token": token,
         "client_id": client_id,
         "expires_on": (now + lifetime).to_string(),
         "resource": res,
         "token_type": "Bearer",
-    }))
-    .into_response()
+    });
+    if endpoint == Endpoint::Imds {
+        reply["expires_in"] = lifetime.to_string().into();
+        reply["ext_expires_in"] = lifetime.to_string().into();
+        reply["not_before"] = now.to_string().into();
+    }
+    Json(reply).into_response()
 }

@@ -51,8 +51,9 @@ impl HasData for HasSecrets {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretRoles {
-    /// Read role `client-id`; optional only for a workload-identity job, whose client id
-    /// comes from `AZURE_CLIENT_ID` ([`crate::JobConfig::given_ids`]).
+    /// Read role `client-id`; optional for a workload-identity job, whose client id comes
+    /// from `AZURE_CLIENT_ID` ([`crate::JobConfig::given_ids`]), and for a managed identity
+    /// (bound: a user-assigned identity's client id).
     pub client_id: Option<String>,
     /// Read role `client-secret`, for the `client_secret_*` methods.
     pub client_secret: Option<String>,
@@ -267,6 +268,14 @@ impl SecretsCtx {
         let unavailable = |why: String| {
             bindings::Error::Unavailable(format!("assertion file {}: {why}", file.display()))
         };
+        // A FIFO or a device would hold a blocking thread until the run's timeout and past
+        // it; a projected token is a regular file (behind symlinks, which are followed).
+        let meta = tokio::fs::metadata(file)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(unavailable("not a regular file".into()));
+        }
         let f = tokio::fs::File::open(file)
             .await
             .map_err(|e| unavailable(e.to_string()))?;
