@@ -838,3 +838,75 @@ async fn app_service_identity_from_the_environment_and_the_metadata_address_only
     let out = run(&["config", "check"], None).await.unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("IDENTITY_ENDPOINT"));
 }
+
+/// A daemon and the CLI beside it: the job starts without a key and fails; the operator
+/// imports one with `secrets import-key` (another process), and the daemon, seeing its
+/// input change, runs the job again at once and logs nothing of the key, at debug level.
+#[tokio::test]
+async fn the_daemon_picks_up_a_key_imported_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = key_files(dir.path(), "ec");
+    let emu = start_emulator_with(emulator_trusting(&[&keys])).await;
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("tokenwarden.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\npath = \"data/tw.db\"\npoll_interval = \"200ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[[jobs]]\nname = \"graph\"\nscope = \"{SCOPE}\"\nauthority = \"{}\"\nclient_auth = \"private_key_jwt\"\nsigning_alg = \"ES256\"\n[jobs.secrets]\nclient_id = \"{CLIENT_ID}\"\ntenant_id = \"{TENANT_ID}\"\nprivate_key = \"{KEY}\"\ncertificate = \"{CERT}\"\naccess_token = \"{ACCESS_TOKEN}\"\n",
+            emu.authority()
+        ),
+    )
+    .unwrap();
+    let store = tokenwarden::SqliteStore::open(&work.path().join("data/tw.db")).unwrap();
+    seed_client_secrets(&store).await;
+    drop(store);
+    let daemon = DaemonProc::spawn(BIN, &config, &[("TOKENWARDEN_LOG", "debug")]).await;
+    eventually(
+        std::time::Duration::from_secs(20),
+        "the first run fails",
+        || async {
+            daemon.get("/jobs/graph").await.json()["consecutive_failures"].as_u64() >= Some(1)
+        },
+    )
+    .await;
+    let mut import = tokenwarden(
+        work.path(),
+        &["secrets", "import-key", KEY, "--certificate", CERT],
+    );
+    import.stdin(Stdio::piped());
+    let mut child = import.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input
+        .write_all(format!("{}{}", keys.key_pem, keys.cert_pem).as_bytes())
+        .await
+        .unwrap();
+    drop(input);
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    daemon.wait_for_token("graph").await;
+    assert!(
+        emu.state
+            .accepts(&daemon_token(&work.path().join("data/tw.db")).await)
+    );
+    let log = daemon.log();
+    for line in keys.key_pem.lines().filter(|l| l.len() > 20) {
+        assert!(!log.contains(line), "the key in the daemon's log");
+    }
+}
+
+async fn daemon_token(db: &Path) -> String {
+    use secrecy::ExposeSecret;
+    let store = tokenwarden::SqliteStore::open(db).unwrap();
+    store
+        .get(ACCESS_TOKEN)
+        .await
+        .unwrap()
+        .unwrap()
+        .value
+        .expose_secret()
+        .to_string()
+}
