@@ -56,6 +56,7 @@ pub fn refresh(env: &impl Env, req: &Request) -> Result<Outcome, Error> {
         ClientAuth::PrivateKeyJwt => {
             Proof::Assertion(signed_assertion(env, req, &client_id, &endpoint)?)
         }
+        // Answered above, before a client id is required; here for the match.
         ClientAuth::ManagedIdentity => return managed_identity(env, req),
         // A token file ends with a newline more often than not.
         ClientAuth::ClientAssertion => {
