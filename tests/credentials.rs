@@ -565,6 +565,45 @@ access_token = "{ACCESS_TOKEN}"
     .await;
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success() && err.contains("EC P-256"), "{err}");
+    // The legacy encryption Windows and older tools still write (3DES, SHA-1 MAC).
+    openssl(
+        &other.dir,
+        &[
+            "pkcs12",
+            "-export",
+            "-inkey",
+            "key.pem",
+            "-in",
+            "cert.pem",
+            "-out",
+            "legacy.p12",
+            "-passout",
+            "pass:pfx-pass",
+            "-keypbe",
+            "PBE-SHA1-3DES",
+            "-certpbe",
+            "PBE-SHA1-3DES",
+            "-macalg",
+            "sha1",
+        ],
+    );
+    let out = run(
+        s(&[
+            "secrets",
+            "import-key",
+            "Legacy Key",
+            "--certificate",
+            "Legacy Cert",
+        ]),
+        std::fs::read(other.dir.join("legacy.p12")).unwrap(),
+        vec![("TOKENWARDEN_PKCS12_PASSWORD", "pfx-pass".into())],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The job still says PS256 (the default), which an EC key cannot make: the host
     // refuses to sign, the run says why, and nothing is sent.
     let before = emu.state.stats().token_requests;
