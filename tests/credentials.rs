@@ -616,8 +616,28 @@ access_token = "{ACCESS_TOKEN}"
     );
     assert_eq!(emu.state.stats().token_requests, before);
 
-    // Refusals store nothing: a key with a certificate that is not its own, garbage.
+    // Refusals store nothing: a key with a certificate that is not its own, garbage, and
+    // an RSA key too small, which says so.
     let mismatched = format!("{}{}", keys.cert_pem, other.key_pem);
+    openssl(
+        &other.dir,
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:1024",
+            "-out",
+            "small.pem",
+        ],
+    );
+    let small = std::fs::read(other.dir.join("small.pem")).unwrap();
+    let out = run(s(&["secrets", "import-key", "Other Key"]), small, vec![]).await;
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        out.status.code() == Some(2) && err.contains("2048 to 4096 bits"),
+        "{err}"
+    );
     for input in [
         mismatched.as_bytes(),
         b"not a key".as_slice(),

@@ -85,8 +85,18 @@ impl SigningKey {
 
     /// A PKCS#8 key: RSA or EC P-256.
     pub fn from_pkcs8(der: &[u8]) -> Result<Self, KeyError> {
-        if let Ok(rsa) = RsaKeyPair::from_pkcs8(der) {
-            return Self::rsa(rsa);
+        match RsaKeyPair::from_pkcs8(der) {
+            Ok(rsa) => return Self::rsa(rsa),
+            // An RSA key of a size ring will not take: say so, rather than that it is
+            // not EC either.
+            Err(e) if matches!(e.to_string().as_str(), "TooSmall" | "TooLarge") => {
+                return Err(KeyError::BadKey(format!(
+                    "RSA ({e}); RSA keys of {} to {} bits are accepted",
+                    RSA_BITS.start(),
+                    RSA_BITS.end()
+                )));
+            }
+            Err(_) => {}
         }
         let rng = SystemRandom::new();
         EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
