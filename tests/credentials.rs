@@ -42,29 +42,8 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// `tokenwarden ARGS` in `dir`, as a shell there would run it but without the test
-/// process's own config, log or identity variables (each test sets the ones it means).
 fn tokenwarden(dir: &Path, args: &[&str]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(BIN);
-    cmd.args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for var in [
-        "TOKENWARDEN_CONFIG",
-        "TOKENWARDEN_LOG",
-        "TOKENWARDEN_PKCS12_PASSWORD",
-        "AZURE_FEDERATED_TOKEN_FILE",
-        "AZURE_CLIENT_ID",
-        "AZURE_TENANT_ID",
-        "AZURE_AUTHORITY_HOST",
-        "IDENTITY_ENDPOINT",
-        "IDENTITY_HEADER",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
+    command_in(BIN, dir, args)
 }
 
 /// `kind`: `rsa:2048`, `rsa:4096` or `ec`.

@@ -169,6 +169,9 @@ pub enum ClientAuth {
     ClientAssertion,
     /// No client credential: an Azure managed identity's endpoint (IMDS or App Service).
     ManagedIdentity,
+    /// Mutual TLS (RFC 8705): the host presents the job's certificate in the handshake;
+    /// the form carries only `client_id`.
+    TlsClientAuth,
 }
 
 /// Azure managed identity: its endpoints and the rules they share.

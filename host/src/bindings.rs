@@ -69,6 +69,7 @@ pub mod p3 {
                     action::ClientAuth::ManagedIdentity => {
                         async_action::ClientAuth::ManagedIdentity
                     }
+                    action::ClientAuth::TlsClientAuth => async_action::ClientAuth::TlsClientAuth,
                 },
                 extra_params: r.extra_params.clone(),
                 signing_alg: match r.signing_alg {

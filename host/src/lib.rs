@@ -66,7 +66,7 @@ pub use daemon::{
     Coordination, CurrentToken, Daemon, DaemonConfig, DeliveryStatus, JobStatus, RunEvent,
     RunRecord, Trigger, TriggerError,
 };
-pub use egress::{EgressPolicy, HttpLimits, NetTransport, Origin, Transport};
+pub use egress::{ClientIdentity, EgressPolicy, HttpLimits, NetTransport, Origin, Transport};
 pub use job::{ClientAuth, IdentitySource, JobConfig, SigningAlg, WASI_ENV, WasiVersion};
 pub use limits::RunLimits;
 pub use outcome::{OAuthError, Outcome, PluginError, Retry, RunError};

@@ -508,6 +508,10 @@ impl Runtime {
             ),
             None => None,
         };
+        let mut egress = EgressPolicy::new(allowed, job.limits.http, self.transport.clone());
+        if job.client_auth == ClientAuth::TlsClientAuth {
+            egress = with_client_identity(egress, job, store.as_ref()).await?;
+        }
         let stdout = CappedPipe::new(job.limits.max_output_bytes);
         let stderr = CappedPipe::new(job.limits.max_output_bytes);
         let mut table = ResourceTable::new();
@@ -523,8 +527,11 @@ impl Runtime {
                 .build(),
             http: WasiHttpCtx::new(),
             table,
-            egress: EgressPolicy::new(allowed, job.limits.http, self.transport.clone()),
-            signing: SigningCtx::new(&job.secrets, store.clone()),
+            egress,
+            // A `tls_client_auth` job's key is for the host's handshake: the component may
+            // not sign with it.
+            signing: SigningCtx::new(&job.secrets, store.clone())
+                .signs(job.client_auth == ClientAuth::PrivateKeyJwt),
             secrets: SecretsCtx::new(&job.secrets, store)
                 .fenced_by(lease)
                 .max_token_lifetime(job.limits.max_token_lifetime)
@@ -558,6 +565,7 @@ impl Runtime {
                 ClientAuth::PrivateKeyJwt => action::ClientAuth::PrivateKeyJwt,
                 ClientAuth::ClientAssertion => action::ClientAuth::ClientAssertion,
                 ClientAuth::ManagedIdentity => action::ClientAuth::ManagedIdentity,
+                ClientAuth::TlsClientAuth => action::ClientAuth::TlsClientAuth,
             },
             signing_alg: match job.signing_alg {
                 SigningAlg::PS256 => action::SigningAlg::Ps256,
@@ -658,6 +666,30 @@ impl Runtime {
                 Err(RunError::Plugin(e.map_text(scrub)))
             }
         }
+    }
+}
+
+/// `egress` presenting the job's TLS client identity (`tls_client_auth`) to its token
+/// endpoint, read from the store for this run. No request is made without it: a missing or
+/// unusable key needs a person, a store outage a retry.
+async fn with_client_identity(
+    egress: EgressPolicy,
+    job: &JobConfig,
+    store: &dyn SecretStore,
+) -> Result<EgressPolicy, RunError> {
+    use crate::egress::{ClientIdentity, IdentityError, Origin};
+    let url = job
+        .token_url
+        .as_deref()
+        .ok_or_else(|| RunError::Config("`tls_client_auth` needs `token_url`".into()))?;
+    let origin = Origin::of_url(url).map_err(RunError::Config)?;
+    match ClientIdentity::load(&job.secrets, store).await {
+        Ok(identity) => {
+            tracing::debug!(job = %job.name, certificate = identity.subject(), "presenting a client certificate to the token endpoint");
+            Ok(egress.with_client_identity(origin, identity))
+        }
+        Err(IdentityError::Store(e)) => Err(RunError::Store(e)),
+        Err(e) => Err(RunError::Config(e.to_string())),
     }
 }
 

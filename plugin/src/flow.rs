@@ -58,6 +58,7 @@ pub fn refresh(env: &impl Env, req: &Request) -> Result<Outcome, Error> {
         }
         // Answered above, before a client id is required; here for the match.
         ClientAuth::ManagedIdentity => return managed_identity(env, req),
+        ClientAuth::TlsClientAuth => Proof::Tls,
         // A token file ends with a newline more often than not.
         ClientAuth::ClientAssertion => {
             Proof::Assertion(required(env, role::CLIENT_ASSERTION)?.trim().to_string())

@@ -176,6 +176,8 @@ pub enum Proof {
     /// A JWT sent as `client_assertion` (signed by the host, or issued by a federated
     /// identity provider).
     Assertion(String),
+    /// The host's TLS client certificate (RFC 8705): nothing in the form but `client_id`.
+    Tls,
 }
 
 impl Proof {
@@ -183,6 +185,7 @@ impl Proof {
     pub fn value(&self) -> &str {
         match self {
             Proof::Secret(v) | Proof::Assertion(v) => v,
+            Proof::Tls => "",
         }
     }
 }
@@ -272,6 +275,10 @@ pub fn build_request(
             form.append_pair("client_id", &creds.client_id);
             form.append_pair("client_assertion_type", assertion::JWT_BEARER);
             form.append_pair("client_assertion", jwt);
+        }
+        (Proof::Tls, _) => {
+            // RFC 8705 §2: `client_id` is required; the handshake proves it.
+            form.append_pair("client_id", &creds.client_id);
         }
     }
     if !req.scope.is_empty() {

@@ -50,6 +50,7 @@ macro_rules! shell {
                         action::ClientAuth::PrivateKeyJwt => oauth::ClientAuth::PrivateKeyJwt,
                         action::ClientAuth::ClientAssertion => oauth::ClientAuth::ClientAssertion,
                         action::ClientAuth::ManagedIdentity => oauth::ClientAuth::ManagedIdentity,
+                        action::ClientAuth::TlsClientAuth => oauth::ClientAuth::TlsClientAuth,
                     },
                     extra_params: req.extra_params,
                     signing_alg: match req.signing_alg {

@@ -814,6 +814,32 @@ fn a_federated_assertion_is_sent_trimmed_and_scrubbed_from_an_echoing_error() {
 }
 
 #[test]
+fn a_tls_client_auth_form_names_the_client_and_carries_no_credential() {
+    let env = Fake::new(Ok(reply(
+        200,
+        r#"{"access_token":"T","token_type":"Bearer"}"#,
+    )));
+    // No credential role is bound: the handshake is the proof.
+    env.secrets.borrow_mut().remove(role::CLIENT_SECRET);
+    let req = Request {
+        client_auth: ClientAuth::TlsClientAuth,
+        token_url: Some("https://mtls.idp.example/token".into()),
+        ..entra_request()
+    };
+    flow::refresh(&env, &req).unwrap();
+    let sent = &env.sent.borrow()[0];
+    let body = form(&sent.body);
+    assert_eq!(body["client_id"], "app");
+    assert_eq!(body["grant_type"], "client_credentials");
+    for absent in ["client_secret", "client_assertion", "client_assertion_type"] {
+        assert!(!body.contains_key(absent), "{absent}: {body:?}");
+    }
+    assert!(!sent.headers.iter().any(|(n, _)| n == "authorization"));
+    assert!(env.signed.borrow().is_empty());
+    assert_eq!(env.secrets.borrow()[role::ACCESS_TOKEN], "T");
+}
+
+#[test]
 fn assertion_parameters_cannot_be_overridden_by_extra_params() {
     for name in ["client_assertion", "client_assertion_type"] {
         let req = Request {

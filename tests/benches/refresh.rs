@@ -65,8 +65,10 @@ impl Transport for Canned {
 }
 
 /// An RSA 2048 key (made by `openssl`, as the tests do) for PS256 and an EC P-256 key for
-/// ES256, as PEM.
-fn bench_keys(dir: &std::path::Path) -> Vec<(&'static str, tokenwarden::SigningAlg, String)> {
+/// ES256, with a self-signed certificate each, as PEM.
+fn bench_keys(
+    dir: &std::path::Path,
+) -> Vec<(&'static str, tokenwarden::SigningAlg, String, String)> {
     let out = std::process::Command::new("openssl")
         .args([
             "genpkey",
@@ -81,10 +83,28 @@ fn bench_keys(dir: &std::path::Path) -> Vec<(&'static str, tokenwarden::SigningA
         .expect("openssl runs");
     assert!(out.status.success());
     let rsa = std::fs::read_to_string(dir.join("rsa.pem")).unwrap();
+    let certify = |pem: &str| {
+        let key = rcgen::KeyPair::from_pem(pem).unwrap();
+        rcgen::CertificateParams::new(vec!["bench".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .pem()
+    };
     let ec = rcgen::KeyPair::generate().unwrap().serialize_pem();
     vec![
-        ("ps256-rsa2048", tokenwarden::SigningAlg::PS256, rsa),
-        ("es256-p256", tokenwarden::SigningAlg::ES256, ec),
+        (
+            "ps256-rsa2048",
+            tokenwarden::SigningAlg::PS256,
+            certify(&rsa),
+            rsa,
+        ),
+        (
+            "es256-p256",
+            tokenwarden::SigningAlg::ES256,
+            certify(&ec),
+            ec,
+        ),
     ]
 }
 
@@ -362,12 +382,25 @@ fn main() {
             tails.push((format!("in-process component/{label}"), component));
             tails.push((format!("in-process native/{label}"), native));
         }
-        // Certificate credentials: the host parses the key and signs every run.
-        for (label, alg, key_pem) in bench_keys(dir.path()) {
+        // Certificate credentials: the host parses the key and signs every run
+        // (`private_key_jwt`), or parses key and certificate for the handshake
+        // (`tls_client_auth`; the canned transport makes none: the identity's cost alone).
+        for (label, alg, cert_pem, key_pem) in bench_keys(dir.path()) {
             let store: Arc<dyn SecretStore> = Arc::new(MemoryStore::default());
             rt.block_on(seed_client_secrets(&*store));
             rt.block_on(store.set("Bench Key", &SecretString::from(key_pem), None))
                 .unwrap();
+            rt.block_on(store.set("Bench Cert", &SecretString::from(cert_pem), None))
+                .unwrap();
+            let mut mtls = canned_job();
+            mtls.client_auth = tokenwarden::ClientAuth::TlsClientAuth;
+            mtls.secrets.client_secret = None;
+            mtls.secrets.private_key = Some("Bench Key".into());
+            mtls.secrets.certificate = Some("Bench Cert".into());
+            g.bench_function(format!("component-tls-client-auth/{label}/memory"), |b| {
+                b.to_async(&rt)
+                    .iter(|| async { canned.run(&mtls, store.clone()).await.unwrap() })
+            });
             let mut signed = canned_job();
             signed.client_auth = tokenwarden::ClientAuth::PrivateKeyJwt;
             signed.signing_alg = alg;

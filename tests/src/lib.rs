@@ -71,6 +71,32 @@ pub fn wasi() -> tokenwarden::WasiVersion {
         .unwrap_or_default()
 }
 
+/// `bin ARGS` in `dir`, as a shell there would run it but without the test process's own
+/// config, log or identity variables (each test sets the ones it means); stdout and
+/// stderr piped, stdin empty.
+pub fn command_in(bin: &str, dir: &std::path::Path, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for var in [
+        "TOKENWARDEN_CONFIG",
+        "TOKENWARDEN_LOG",
+        "TOKENWARDEN_PKCS12_PASSWORD",
+        "AZURE_FEDERATED_TOKEN_FILE",
+        "AZURE_CLIENT_ID",
+        "AZURE_TENANT_ID",
+        "AZURE_AUTHORITY_HOST",
+        "IDENTITY_ENDPOINT",
+        "IDENTITY_HEADER",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 /// A temporary store holding the demo credentials.
 pub struct Fixture {
     pub dir: tempfile::TempDir,

@@ -78,12 +78,18 @@ pub(super) async fn import(
     );
     match (cert, &parsed.certificate) {
         (Some((cert_name, c)), _) => {
+            let chain = parsed.certificate_pem().unwrap_or_default();
             store
-                .set(cert_name, &SecretString::from(c.to_pem()), None)
+                .set(cert_name, &SecretString::from(chain), None)
                 .await
                 .map_err(stored)?;
             let t = c.thumbprints();
-            eprintln!("stored certificate `{cert_name}` ({})", c.summary());
+            let more = match parsed.chain.len() {
+                0 => String::new(),
+                1 => " and the 1 certificate of its chain".into(),
+                n => format!(" and the {n} certificates of its chain"),
+            };
+            eprintln!("stored certificate `{cert_name}` ({}){more}", c.summary());
             eprintln!("  x5t#S256 {}\n  x5t      {}", t.sha256, t.sha1);
             if c.expired() {
                 eprintln!(

@@ -178,6 +178,7 @@ pub(super) fn credential(
         ClientAuth::PrivateKeyJwt => "private_key_jwt",
         ClientAuth::ClientAssertion => "client_assertion",
         ClientAuth::ManagedIdentity => "managed_identity",
+        ClientAuth::TlsClientAuth => "tls_client_auth",
     };
     let unused = |key: &str, span: Range<usize>| {
         cx.invalid(
@@ -208,19 +209,31 @@ pub(super) fn credential(
         return Err(unused("secrets.client_secret", roles_span.clone()));
     }
     let jwt = method == ClientAuth::PrivateKeyJwt;
-    if jwt && roles.private_key.is_none() {
+    let mtls = method == ClientAuth::TlsClientAuth;
+    if (jwt || mtls) && roles.private_key.is_none() {
         return Err(needed(
             "secrets.private_key",
             "; import one with `tokenwarden secrets import-key`",
         ));
     }
-    if !jwt {
+    if mtls {
+        mtls_endpoint(cx, j, name)?;
+        if roles.certificate.is_none() {
+            return Err(needed(
+                "secrets.certificate",
+                ", which the host presents with the key in the TLS handshake",
+            ));
+        }
+    }
+    if !jwt && !mtls {
         if roles.private_key.is_some() {
             return Err(unused("secrets.private_key", roles_span.clone()));
         }
         if roles.certificate.is_some() {
             return Err(unused("secrets.certificate", roles_span.clone()));
         }
+    }
+    if !jwt {
         if let Some(a) = &j.signing_alg {
             return Err(unused("signing_alg", a.span()));
         }
@@ -326,6 +339,31 @@ pub(super) fn credential(
         assertion_file,
         given_ids,
     })
+}
+
+/// A `tls_client_auth` job's endpoint: its own `https` `token_url`. Microsoft Entra ID
+/// takes no client certificate in the handshake for client credentials: it is refused
+/// there, with the method that uses the same key and certificate.
+fn mtls_endpoint(cx: &Ctx<'_>, j: &RawJob, name: &str) -> Result<(), ConfigError> {
+    const ENTRA: &str = "Microsoft Entra ID takes no client certificate in the handshake: use `client_auth = \"private_key_jwt\"` with the same key and certificate";
+    let entra_host = |url: &str| {
+        crate::egress::Origin::of_url(url)
+            .is_ok_and(|o| tokenwarden_contract::entra::is_login_host(&o.host))
+    };
+    let why = match j.token_url.as_ref().map(|u| u.get_ref().as_str()) {
+        None => format!(
+            "needs `token_url`, the endpoint of a server that accepts RFC 8705 client certificates ({ENTRA})"
+        ),
+        Some(url) if entra_host(url) => format!("cannot use Entra's `token_url`: {ENTRA}"),
+        Some(url) if !url.starts_with("https://") => {
+            "needs an `https` `token_url`: the certificate is presented in the TLS handshake".into()
+        }
+        Some(_) => return Ok(()),
+    };
+    Err(cx.invalid(
+        j.token_url.as_ref().map_or(j.name.span(), |t| t.span()),
+        format!("job `{name}`: `client_auth = \"tls_client_auth\"` {why}"),
+    ))
 }
 
 /// `assertion_file`, relative to the config file; else `AZURE_FEDERATED_TOKEN_FILE`.
@@ -562,6 +600,54 @@ mod tests {
                 .to_string()
                 .contains("names the resource")
         );
+    }
+
+    #[test]
+    fn mutual_tls_needs_a_key_a_certificate_and_its_own_https_endpoint() {
+        let mtls = |extra: &str, secrets: &str| {
+            format!(
+                "[[jobs]]\nname = \"j\"\nscope = \"api\"\nclient_auth = \"tls_client_auth\"\n{extra}\n[jobs.secrets]\nclient_id = \"id\"\naccess_token = \"token\"\n{secrets}"
+            )
+        };
+        let url = "token_url = \"https://mtls.idp.example/token\"";
+        let both = "private_key = \"K\"\ncertificate = \"C\"";
+        let c = parse(&mtls(url, both)).unwrap();
+        assert_eq!(c.jobs[0].client_auth, ClientAuth::TlsClientAuth);
+        assert_eq!(c.jobs[0].secrets.private_key.as_deref(), Some("K"));
+        let cases = [
+            ("", both, "needs `token_url`"),
+            (
+                "token_url = \"https://login.microsoftonline.com/t/oauth2/v2.0/token\"",
+                both,
+                "private_key_jwt",
+            ),
+            (
+                "token_url = \"http://mtls.idp.example/token\"",
+                both,
+                "needs an `https` `token_url`",
+            ),
+            (url, "private_key = \"K\"", "certificate` is required"),
+            (url, "certificate = \"C\"", "private_key` is required"),
+            (
+                url,
+                "private_key = \"K\"\ncertificate = \"C\"\nclient_secret = \"S\"",
+                "client_secret` is not used",
+            ),
+            (
+                &format!("{url}\nsigning_alg = \"PS256\""),
+                both,
+                "signing_alg` is not used",
+            ),
+            (
+                &format!("{url}\nkey_id = \"k\""),
+                both,
+                "key_id` is not used",
+            ),
+        ];
+        for (extra, secrets, needle) in cases {
+            let e = parse(&mtls(extra, secrets)).unwrap_err().to_string();
+            assert!(e.contains(needle), "{extra} {secrets}: {e}");
+        }
     }
 
     #[test]

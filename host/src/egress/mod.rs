@@ -12,10 +12,12 @@
 //! the network demands one, is [`EgressProxy`] (`[egress]`, a `CONNECT` tunnel: see
 //! `tunnel.rs` for how vetting works through it).
 
+mod identity;
 mod send;
 mod trust;
 mod tunnel;
 
+pub use identity::{ClientIdentity, IdentityError};
 pub use send::NetTransport;
 pub(crate) use send::tls_config;
 pub use trust::{Roots, Trust, TrustError};
@@ -172,7 +174,9 @@ pub type SendFuture =
 /// Sends the requests the allow-list admitted. The default is [`send::NetTransport`]
 /// (connect-time address vetting, limits, keep-alive); an embedder may supply another one
 /// (a proxy, or an in-process responder for benchmarks) through
-/// [`crate::RuntimeOptions::transport`], and then owns those guarantees.
+/// [`crate::RuntimeOptions::transport`], and then owns those guarantees. A request for a
+/// `tls_client_auth` job's token endpoint carries the job's [`ClientIdentity`] in its
+/// extensions: a transport presents it in the TLS handshake, or the server refuses.
 pub trait Transport: Send + Sync + 'static {
     /// Sends `request` (already admitted by the allow-list `allowed`) under `limits`, with
     /// `options` the guest's timeouts clamped to the host's.
@@ -196,6 +200,8 @@ pub struct EgressPolicy {
     /// sees an error code, and the run's error should say the cause ("the certificate's
     /// issuer is unknown").
     pub failure: Option<String>,
+    /// The TLS client identity presented to one origin (the token endpoint's).
+    identity: Option<(Origin, ClientIdentity)>,
 }
 
 impl EgressPolicy {
@@ -207,7 +213,15 @@ impl EgressPolicy {
             transport,
             denied: Vec::new(),
             failure: None,
+            identity: None,
         }
+    }
+
+    /// This policy presenting `identity` in the TLS handshake with `origin`, and with no
+    /// other origin: a client certificate says who the job is to its token endpoint only.
+    pub fn with_client_identity(mut self, origin: Origin, identity: ClientIdentity) -> Self {
+        self.identity = Some((origin, identity));
+        self
     }
 
     /// A policy allowing exactly `allowed` over the network, with the default limits.
@@ -226,20 +240,32 @@ impl EgressPolicy {
 
     /// The allow-list entry that admits the URI's origin.
     pub fn matching(&self, uri: &http::Uri) -> Option<&Origin> {
-        let scheme = uri.scheme_str()?;
-        let host = uri.host()?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
-        let port = match (uri.port_u16(), scheme) {
-            (Some(p), _) => p,
-            (None, "https") => 443,
-            (None, "http") => 80,
-            _ => return None,
-        };
+        let (scheme, host, port) = uri_origin(uri)?;
         self.allowed.iter().find(|o| o.matches(scheme, &host, port))
     }
+}
+
+/// Whether the URI's origin is `origin` itself (not merely under a wildcard).
+fn is_origin(uri: &http::Uri, origin: &Origin) -> bool {
+    uri_origin(uri)
+        .is_some_and(|(scheme, host, port)| !origin.wildcard && origin.matches(scheme, &host, port))
+}
+
+/// A URI's scheme, lower-case host (without IPv6 brackets) and port (defaulted).
+fn uri_origin(uri: &http::Uri) -> Option<(&str, String, u16)> {
+    let scheme = uri.scheme_str()?;
+    let host = uri
+        .host()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    let port = match (uri.port_u16(), scheme) {
+        (Some(p), _) => p,
+        (None, "https") => 443,
+        (None, "http") => 80,
+        _ => return None,
+    };
+    Some((scheme, host, port))
 }
 
 type SendResult = wasmtime_wasi_http::Result<Sent>;
@@ -272,10 +298,37 @@ fn connect_failure(err: &std::io::Error) -> (ErrorCode, String) {
 
 /// A TLS failure as a wasi:http code and words naming the cause.
 fn tls_failure(err: &std::io::Error) -> (ErrorCode, String) {
+    match err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(tls) => rustls_failure(tls),
+        None => (ErrorCode::TlsProtocolError, format!("TLS failed: {err}")),
+    }
+}
+
+/// A failure while exchanging HTTP; a TLS alert under it is named as such. (With TLS 1.3
+/// a server's refusal of the client certificate arrives after the handshake, with the
+/// response.)
+fn hyper_failure(err: &hyper::Error) -> (ErrorCode, String) {
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        let tls = s.downcast_ref::<rustls::Error>().or_else(|| {
+            s.downcast_ref::<std::io::Error>()?
+                .get_ref()?
+                .downcast_ref::<rustls::Error>()
+        });
+        if let Some(tls) = tls {
+            return rustls_failure(tls);
+        }
+        source = s.source();
+    }
+    (ErrorCode::HttpProtocolError, format!("HTTP: {err}"))
+}
+
+/// A rustls error as a wasi:http code and words naming the cause.
+fn rustls_failure(tls: &rustls::Error) -> (ErrorCode, String) {
     use rustls::{CertificateError as C, Error as R};
-    let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<R>()) else {
-        return (ErrorCode::TlsProtocolError, format!("TLS failed: {err}"));
-    };
     let cert = |why: &str| {
         (
             ErrorCode::TlsCertificateError,
@@ -302,9 +355,30 @@ fn tls_failure(err: &std::io::Error) -> (ErrorCode, String) {
                     alert_message: Some(format!("{alert:?}")),
                 },
             ),
-            format!("TLS: the server sent the alert {alert:?}"),
+            alert_words(*alert),
         ),
         other => (ErrorCode::TlsProtocolError, format!("TLS failed: {other}")),
+    }
+}
+
+/// A TLS alert from the server in words; those about certificates are, from a token
+/// endpoint, about the job's client certificate (`tls_client_auth`).
+fn alert_words(alert: rustls::AlertDescription) -> String {
+    use rustls::AlertDescription as A;
+    match alert {
+        A::CertificateRequired => {
+            "TLS: the server requires a client certificate (alert CertificateRequired)".into()
+        }
+        A::BadCertificate
+        | A::UnknownCA
+        | A::CertificateUnknown
+        | A::CertificateExpired
+        | A::CertificateRevoked
+        | A::UnsupportedCertificate
+        | A::AccessDenied => format!(
+            "TLS: the server refused the client certificate (alert {alert:?}): is it the one registered for this client, from a CA the server trusts?"
+        ),
+        other => format!("TLS: the server sent the alert {other:?}"),
     }
 }
 
@@ -317,7 +391,7 @@ pub(crate) fn describe(err: &wasmtime_wasi_http::Error) -> String {
         E::DestinationIpProhibited => {
             "the upstream's name resolves only to non-public addresses it may not reach".into()
         }
-        E::Hyper(h) => format!("HTTP: {h}"),
+        E::Hyper(h) => hyper_failure(h).1,
         other => other.to_string(),
     }
 }
@@ -325,7 +399,7 @@ pub(crate) fn describe(err: &wasmtime_wasi_http::Error) -> String {
 impl WasiHttpHooks for EgressPolicy {
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
@@ -343,6 +417,11 @@ impl WasiHttpHooks for EgressPolicy {
         };
         // The allow-list entry, not the URL: the entry is the operator's text.
         tracing::debug!(allowed = %entry, method = %request.method(), "plugin request admitted");
+        if let Some((origin, identity)) = &self.identity
+            && is_origin(request.uri(), origin)
+        {
+            request.extensions_mut().insert(identity.clone());
+        }
         let options = self.limits.clamp(options);
         Box::new(
             self.transport
@@ -363,8 +442,9 @@ impl WasiHttpHooks for EgressPolicy {
     }
 
     fn p2_error_from_hyper(&mut self, err: &hyper::Error) -> ErrorCode {
-        self.failure = Some(format!("HTTP: {err}"));
-        ErrorCode::HttpProtocolError
+        let (code, words) = hyper_failure(err);
+        self.failure = Some(words);
+        code
     }
 
     fn p3_error_from_connect(&mut self, err: &std::io::Error) -> P3ErrorCode {
@@ -408,6 +488,66 @@ fn to_p3(code: ErrorCode) -> P3ErrorCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records whether each request it is given carries a client identity.
+    struct Recording(std::sync::Mutex<Vec<(String, bool)>>);
+
+    impl Transport for Recording {
+        fn send(
+            &self,
+            request: http::Request<WasiBody>,
+            _: RequestOptions,
+            _: Arc<Vec<Origin>>,
+            _: HttpLimits,
+        ) -> SendFuture {
+            let has = request.extensions().get::<ClientIdentity>().is_some();
+            self.0
+                .lock()
+                .unwrap()
+                .push((request.uri().to_string(), has));
+            Box::pin(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_identity_goes_to_the_token_endpoints_origin_only() {
+        use http_body_util::BodyExt;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["client".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let identity = ClientIdentity::from_pem(&key.serialize_pem(), &cert.pem()).unwrap();
+        let recording = Arc::new(Recording(Default::default()));
+        let allowed = [
+            "https://idp.example",
+            "https://other.example",
+            "https://*.idp.example",
+        ]
+        .map(|o| Origin::parse(o).unwrap());
+        let mut policy =
+            EgressPolicy::new(allowed.to_vec(), HttpLimits::default(), recording.clone())
+                .with_client_identity(
+                    Origin::of_url("https://idp.example/token").unwrap(),
+                    identity,
+                );
+        let urls = [
+            "https://idp.example/token",
+            "https://IDP.example:443/other",
+            "https://other.example/token",
+            "https://sub.idp.example/token",
+        ];
+        for url in urls {
+            let body = http_body_util::Empty::<bytes::Bytes>::new()
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            let request = http::Request::post(url).body(body).unwrap();
+            let sent = policy.send_request(request, None, Box::new(async { Ok(()) }));
+            assert!(Box::into_pin(sent).await.is_err());
+        }
+        let got: Vec<bool> = recording.0.lock().unwrap().iter().map(|r| r.1).collect();
+        assert_eq!(got, [true, true, false, false]);
+    }
 
     #[test]
     fn origins_match_exactly() {

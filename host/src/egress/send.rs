@@ -15,7 +15,7 @@
 //! back to the pool only after its response body was read to the end.
 
 use super::tunnel::{EgressProxy, Tunnels};
-use super::{HttpLimits, Origin, SendFuture, Sent, Transport};
+use super::{ClientIdentity, HttpLimits, Origin, SendFuture, Sent, Transport};
 use crate::store::SecretStore;
 use bytes::Bytes;
 use http_body::{Body, Frame};
@@ -189,7 +189,7 @@ async fn vet_for_tunnel(
 }
 
 /// A connection to `host:port` (through the proxy unless `NO_PROXY` says otherwise), with
-/// TLS for https.
+/// TLS for https, presenting `identity` when the job authenticates with a certificate.
 async fn connect(
     link: &Link,
     scheme: &str,
@@ -197,6 +197,7 @@ async fn connect(
     port: u16,
     allowed: &[Origin],
     timeout: Duration,
+    identity: Option<&ClientIdentity>,
 ) -> Result<Box<dyn Stream>, Error> {
     let tcp = match link.tunnels.as_ref().filter(|t| t.config.applies(host)) {
         Some(tunnels) => {
@@ -212,7 +213,11 @@ async fn connect(
         return Ok(Box::new(tcp));
     }
     let name = rustls::pki_types::ServerName::try_from(host.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(link.tls.clone());
+    let config = match identity {
+        Some(id) => id.tls_config(&link.tls),
+        None => link.tls.clone(),
+    };
+    let tls = tokio_rustls::TlsConnector::from(config);
     match tokio::time::timeout(timeout, tls.connect(name, tcp)).await {
         Err(_) => Err(Error::ConnectionTimeout),
         Ok(Err(e)) => Err(Error::Tls(e)),
@@ -298,18 +303,28 @@ impl Body for GuardedBody {
 
 type Sender = hyper::client::conn::http1::SendRequest<WasiBody>;
 
-/// Connections are shared only between requests to the same origin under the same policy: a
-/// connection vetted under one allow-list must not serve a job with a stricter one.
+/// Connections are shared only between requests to the same origin under the same policy
+/// and client identity: a connection vetted under one allow-list must not serve a job with
+/// a stricter one, and one authenticated by a job's certificate must serve that identity
+/// alone.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct PoolKey {
     https: bool,
     host: String,
     port: u16,
     policy: u64,
+    identity: Option<[u8; 32]>,
 }
 
 impl PoolKey {
-    fn new(https: bool, host: &str, port: u16, allowed: &[Origin], limits: &HttpLimits) -> Self {
+    fn new(
+        https: bool,
+        host: &str,
+        port: u16,
+        allowed: &[Origin],
+        limits: &HttpLimits,
+        identity: Option<&ClientIdentity>,
+    ) -> Self {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         allowed.hash(&mut h);
         limits.max_response_headers.hash(&mut h);
@@ -319,6 +334,7 @@ impl PoolKey {
             host: host.to_string(),
             port,
             policy: h.finish(),
+            identity: identity.map(ClientIdentity::fingerprint),
         }
     }
 }
@@ -463,12 +479,22 @@ async fn send(
         .between_bytes_timeout
         .unwrap_or(limits.between_bytes_timeout);
 
-    let key = PoolKey::new(https, &host, port, &allowed, &limits);
+    let identity = request.extensions_mut().remove::<ClientIdentity>();
+    let key = PoolKey::new(https, &host, port, &allowed, &limits, identity.as_ref());
     let pool = link.pool.clone();
     let mut sender = match pool.take(&key).await {
         Some(sender) => sender,
         None => {
-            let stream = connect(&link, scheme, &host, port, &allowed, connect_timeout).await?;
+            let stream = connect(
+                &link,
+                scheme,
+                &host,
+                port,
+                &allowed,
+                connect_timeout,
+                identity.as_ref(),
+            )
+            .await?;
             let (sender, conn) = hyper::client::conn::http1::Builder::new()
                 .max_headers(limits.max_response_headers)
                 .max_buf_size(limits.max_response_header_bytes.max(8192))

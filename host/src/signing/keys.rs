@@ -14,6 +14,10 @@ use tokenwarden_contract::SigningAlg;
 use x509_parser::pem::Pem;
 use zeroize::Zeroizing;
 
+/// The most certificates a stored chain may hold (the key's own and the CAs that issued
+/// it; real chains have 2 to 4). Only `tls_client_auth` presents more than the first.
+pub const MAX_CHAIN: usize = 8;
+
 /// RSA modulus sizes accepted, in bits (Entra's range; below 2048 is breakable).
 pub const RSA_BITS: std::ops::RangeInclusive<usize> = 2048..=4096;
 
@@ -270,6 +274,9 @@ pub struct Imported {
     pub key: SigningKey,
     /// The certificate that certifies it, when the input had one.
     pub certificate: Option<Certificate>,
+    /// The input's other certificates, in its order: the CAs that issued `certificate`,
+    /// which a server checking it in a TLS handshake may need.
+    pub chain: Vec<Certificate>,
 }
 
 impl Imported {
@@ -278,26 +285,56 @@ impl Imported {
     pub fn from_pem(text: &str) -> Result<Self, KeyError> {
         let (label, der) = key_block(text)?;
         let key = SigningKey::from_block(label, &der)?;
-        let mut certificate = None;
+        let mut certs = Vec::new();
         for block in Pem::iter_from_buffer(text.as_bytes()).flatten() {
             if block.label == "CERTIFICATE" {
-                let cert = Certificate::from_der(block.contents)?;
-                if cert.certifies(&key) {
-                    certificate = Some(cert);
-                    break;
-                }
-                certificate.get_or_insert(cert);
+                certs.push(Certificate::from_der(block.contents)?);
             }
         }
-        if certificate.as_ref().is_some_and(|c| !c.certifies(&key)) {
-            return Err(KeyError::Mismatch);
+        let certificate = match certs.iter().position(|c| c.certifies(&key)) {
+            Some(i) => Some(certs.remove(i)),
+            None if certs.is_empty() => None,
+            None => return Err(KeyError::Mismatch),
+        };
+        // Only the key's own block is kept: the text may hold comments.
+        Self::checked(Zeroizing::new(pem(label, &der)), key, certificate, certs)
+    }
+
+    /// A chain only beside its leaf, and within [`MAX_CHAIN`].
+    fn checked(
+        key_pem: Zeroizing<String>,
+        key: SigningKey,
+        certificate: Option<Certificate>,
+        mut chain: Vec<Certificate>,
+    ) -> Result<Self, KeyError> {
+        if certificate.is_none() {
+            chain.clear();
         }
-        // Only the key's own block is kept: the text may hold a chain and comments.
+        chain.dedup();
+        if chain.len() + 1 > MAX_CHAIN {
+            return Err(KeyError::BadCertificate(format!(
+                "the input holds {} certificates; a chain of at most {MAX_CHAIN} is stored",
+                chain.len() + 1
+            )));
+        }
         Ok(Self {
-            key_pem: Zeroizing::new(pem(label, &der)),
+            key_pem,
             key,
             certificate,
+            chain,
         })
+    }
+
+    /// The certificate and its chain as the PEM the `certificate` role stores (the key's
+    /// own first), when there is a certificate.
+    pub fn certificate_pem(&self) -> Option<String> {
+        let leaf = self.certificate.as_ref()?;
+        Some(
+            std::iter::once(leaf)
+                .chain(&self.chain)
+                .map(Certificate::to_pem)
+                .collect(),
+        )
     }
 
     /// The key and its certificate from a PKCS#12 (`.pfx`, `.p12`) file.
@@ -313,18 +350,22 @@ impl Imported {
             .ok_or(KeyError::NotFound("private key"))?;
         let der = Zeroizing::new(chain.key().as_der().to_vec());
         let key = SigningKey::from_pkcs8(&der)?;
-        let certificate = match chain.certs().first() {
-            Some(c) => Some(Certificate::from_der(c.as_der().to_vec())?),
-            None => None,
+        let mut certs = chain
+            .certs()
+            .iter()
+            .map(|c| Certificate::from_der(c.as_der().to_vec()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let certificate = match certs.iter().position(|c| c.certifies(&key)) {
+            Some(i) => Some(certs.remove(i)),
+            None if certs.is_empty() => None,
+            None => return Err(KeyError::Mismatch),
         };
-        if certificate.as_ref().is_some_and(|c| !c.certifies(&key)) {
-            return Err(KeyError::Mismatch);
-        }
-        Ok(Self {
-            key_pem: Zeroizing::new(pem("PRIVATE KEY", &der)),
+        Self::checked(
+            Zeroizing::new(pem("PRIVATE KEY", &der)),
             key,
             certificate,
-        })
+            certs,
+        )
     }
 }
 
@@ -378,6 +419,37 @@ mod tests {
             .self_signed(&key)
             .unwrap();
         (key.serialize_pem(), cert.pem())
+    }
+
+    #[test]
+    fn import_keeps_the_chain_after_the_keys_own_certificate() {
+        let (key, leaf) = ec_key_and_cert();
+        let (_, ca1) = ec_key_and_cert();
+        let (_, ca2) = ec_key_and_cert();
+        // The key's certificate last in the input, a CA twice in a row.
+        let imported = Imported::from_pem(&format!("{ca1}{ca1}{ca2}{key}{leaf}")).unwrap();
+        assert_eq!(imported.chain.len(), 2);
+        let stored = imported.certificate_pem().unwrap();
+        assert_eq!(stored.matches("BEGIN CERTIFICATE").count(), 3);
+        assert_eq!(
+            Certificate::from_pem(&stored).unwrap(),
+            Certificate::from_pem(&leaf).unwrap(),
+            "the key's own certificate first"
+        );
+        // Without the key's certificate, no chain is kept.
+        let (_, stranger) = ec_key_and_cert();
+        assert_eq!(
+            Imported::from_pem(&format!("{key}{stranger}")).err(),
+            Some(KeyError::Mismatch)
+        );
+        let bare = Imported::from_pem(&key).unwrap();
+        assert!(bare.certificate_pem().is_none() && bare.chain.is_empty());
+        let long: String = (0..MAX_CHAIN)
+            .map(|_| ec_key_and_cert().1)
+            .chain([key, leaf])
+            .collect();
+        let e = Imported::from_pem(&long).err().unwrap();
+        assert!(e.to_string().contains("at most 8"), "{e}");
     }
 
     #[test]

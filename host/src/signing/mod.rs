@@ -69,6 +69,16 @@ impl SigningCtx {
         }
     }
 
+    /// This context signing with the job's key only when `signs` (a `private_key_jwt` job):
+    /// a key bound for another use, such as the host's TLS client authentication, is
+    /// refused to the component like an unbound one.
+    pub fn signs(mut self, signs: bool) -> Self {
+        if !signs {
+            self.private_key = None;
+        }
+        self
+    }
+
     /// `text` with every signature this run made replaced by `[redacted]`, in any encoding:
     /// with its signature an assertion is a credential for its lifetime, without it an
     /// assertion is just claims.
