@@ -813,37 +813,11 @@ async fn private_ca_emulator() -> (emulator::EmulatorState, std::net::SocketAddr
     .with_no_client_auth()
     .with_single_cert(vec![leaf.der().clone(), ca.der().clone()], key)
     .unwrap();
-
-    struct Tls {
-        tcp: tokio::net::TcpListener,
-        acceptor: tokio_rustls::TlsAcceptor,
-    }
-    impl axum::serve::Listener for Tls {
-        type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-        type Addr = std::net::SocketAddr;
-        async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-            loop {
-                let Ok((tcp, addr)) = self.tcp.accept().await else {
-                    continue;
-                };
-                // A client that does not trust the CA ends its handshake: next.
-                if let Ok(tls) = self.acceptor.accept(tcp).await {
-                    return (tls, addr);
-                }
-            }
-        }
-        fn local_addr(&self) -> std::io::Result<Self::Addr> {
-            self.tcp.local_addr()
-        }
-    }
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = tcp.local_addr().unwrap();
+    // A client that does not trust the CA ends its handshake; the listener takes the next.
+    let listener = TlsListener::bind(config).await;
+    let addr = listener.tcp.local_addr().unwrap();
     let state = emulator::EmulatorState::new(emulator::EmulatorConfig::default());
     let app = emulator::router(state.clone());
-    let listener = Tls {
-        tcp,
-        acceptor: tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)),
-    };
     tokio::spawn(async move { axum::serve(listener, app).await });
     (state, addr, ca.pem())
 }

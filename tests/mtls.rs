@@ -155,34 +155,7 @@ impl Connected<IncomingStream<'_, TlsListener>> for Peer {
     }
 }
 
-struct TlsListener {
-    tcp: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    refused: Arc<AtomicUsize>,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = std::net::SocketAddr;
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let Ok((tcp, addr)) = self.tcp.accept().await else {
-                continue;
-            };
-            // A certificate the verifier refuses ends the handshake: count it, next.
-            match self.acceptor.accept(tcp).await {
-                Ok(tls) => return (tls, addr),
-                Err(_) => {
-                    self.refused.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        }
-    }
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
-    }
-}
-
+/// The token server's state: what it saw, and how many handshakes it refused.
 #[derive(Clone, Default)]
 struct Server {
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -261,16 +234,14 @@ async fn start_server() -> Server {
         .with_client_cert_verifier(verifier)
         .with_single_cert(pki.server.0.clone(), key)
         .unwrap();
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = tcp.local_addr().unwrap();
+    let listener = TlsListener::bind(config).await;
     let server = Server {
-        url: format!("https://{addr}/oauth2/token"),
+        url: format!(
+            "https://{}/oauth2/token",
+            listener.tcp.local_addr().unwrap()
+        ),
+        refused: listener.refused.clone(),
         ..Server::default()
-    };
-    let listener = TlsListener {
-        tcp,
-        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-        refused: server.refused.clone(),
     };
     let app = axum::Router::new()
         .route("/oauth2/token", axum::routing::post(token))
@@ -310,6 +281,16 @@ fn mtls_job(url: &str) -> JobConfig {
     job
 }
 
+/// A store holding the registered client's id, key, and chain.
+async fn registered_fixture() -> Fixture {
+    let pki = pki();
+    fixture_with(
+        &pki.client_key,
+        &format!("{}{}", pki.client_leaf, pki.intermediate),
+    )
+    .await
+}
+
 async fn fixture_with(key: &str, chain: &str) -> Fixture {
     let f = Fixture::new().await;
     f.set(CLIENT_ID, MTLS_CLIENT).await;
@@ -325,38 +306,7 @@ async fn fixture_with(key: &str, chain: &str) -> Fixture {
 async fn import_key_and_refresh_present_the_chain_in_the_handshake() {
     let pki = pki();
     let server = start_server().await;
-    let work = tempfile::tempdir().unwrap();
-    std::fs::write(
-        work.path().join("tokenwarden.toml"),
-        format!(
-            r#"[store]
-path = "data/tw.db"
-
-[tls]
-ca_file = "{}"
-
-[[jobs]]
-name = "mtls"
-scope = "api"
-token_url = "{}"
-client_auth = "tls_client_auth"
-[jobs.secrets]
-client_id = "{CLIENT_ID}"
-private_key = "{KEY}"
-certificate = "{CERT}"
-access_token = "{ACCESS_TOKEN}"
-"#,
-            pki.root_file.display(),
-            server.url
-        ),
-    )
-    .unwrap();
-    let store = tokenwarden::SqliteStore::open(&work.path().join("data/tw.db")).unwrap();
-    store
-        .set(CLIENT_ID, &MTLS_CLIENT.to_string().into(), None)
-        .await
-        .unwrap();
-    drop(store);
+    let work = operator_dir(&server, "").await;
 
     let err = import_key(
         work.path(),
@@ -408,13 +358,8 @@ access_token = "{ACCESS_TOKEN}"
 /// authentication of the one that made it).
 #[tokio::test]
 async fn an_authenticated_connection_serves_its_own_identity_only() {
-    let pki = pki();
     let server = start_server().await;
-    let f = fixture_with(
-        &pki.client_key,
-        &format!("{}{}", pki.client_leaf, pki.intermediate),
-    )
-    .await;
+    let f = registered_fixture().await;
     let job = mtls_job(&server.url);
     let mut plain = url_job(&server.url, "api");
     plain.secrets.tenant_id = None;
@@ -502,13 +447,8 @@ async fn a_refused_or_broken_identity_fails_clearly_and_keeps_the_old_token() {
 /// before the client's is ever sent.
 #[tokio::test]
 async fn an_untrusted_server_never_sees_the_certificate() {
-    let pki = pki();
     let server = start_server().await;
-    let f = fixture_with(
-        &pki.client_key,
-        &format!("{}{}", pki.client_leaf, pki.intermediate),
-    )
-    .await;
+    let f = registered_fixture().await;
     let e = runtime().run(&mtls_job(&server.url), f.dyn_store()).await;
     let e = e.unwrap_err().to_string();
     assert!(e.contains("unknown authority"), "{e}");
@@ -519,12 +459,7 @@ async fn an_untrusted_server_never_sees_the_certificate() {
 /// key is for the host's handshake only.
 #[tokio::test]
 async fn the_rogue_guest_gets_nothing_from_a_certificate_jobs_key() {
-    let pki = pki();
-    let f = fixture_with(
-        &pki.client_key,
-        &format!("{}{}", pki.client_leaf, pki.intermediate),
-    )
-    .await;
+    let f = registered_fixture().await;
     let mut job = mtls_job("https://127.0.0.1:9/token");
     job.scope = "steal-key".into();
     job.plugin = Some(ROGUE_COMPONENT.into());
@@ -533,6 +468,45 @@ async fn the_rogue_guest_gets_nothing_from_a_certificate_jobs_key() {
         report.outcome.token_type,
         "get:denied cert-of-key:denied sign-client-secret:denied sign-access-token:denied huge:denied es256-with-rsa:denied sign:denied"
     );
+}
+
+/// An operator's directory: `tokenwarden.toml` with a store, `store_extra` after its path,
+/// `[tls] ca_file` trusting the test root, and the `mtls` job against `server`; the store
+/// holds the client id.
+async fn operator_dir(server: &Server, store_extra: &str) -> tempfile::TempDir {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(
+        work.path().join("tokenwarden.toml"),
+        format!(
+            r#"[store]
+path = "data/tw.db"
+{store_extra}
+
+[tls]
+ca_file = "{}"
+
+[[jobs]]
+name = "mtls"
+scope = "api"
+token_url = "{}"
+client_auth = "tls_client_auth"
+[jobs.secrets]
+client_id = "{CLIENT_ID}"
+private_key = "{KEY}"
+certificate = "{CERT}"
+access_token = "{ACCESS_TOKEN}"
+"#,
+            pki().root_file.display(),
+            server.url
+        ),
+    )
+    .unwrap();
+    let store = tokenwarden::SqliteStore::open(&work.path().join("data/tw.db")).unwrap();
+    store
+        .set(CLIENT_ID, &MTLS_CLIENT.to_string().into(), None)
+        .await
+        .unwrap();
+    work
 }
 
 /// Runs `tokenwarden secrets import-key KEY --certificate CERT` in `dir` with `pem` on
@@ -562,23 +536,12 @@ async fn import_key(dir: &std::path::Path, pem: &str) -> String {
 async fn the_daemon_presents_a_key_imported_and_renewed_beside_it() {
     let pki = pki();
     let server = start_server().await;
-    let work = tempfile::tempdir().unwrap();
-    let config = work.path().join("tokenwarden.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[store]\npath = \"data/tw.db\"\npoll_interval = \"200ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[tls]\nca_file = \"{}\"\n\n[[jobs]]\nname = \"mtls\"\nscope = \"api\"\ntoken_url = \"{}\"\nclient_auth = \"tls_client_auth\"\n[jobs.secrets]\nclient_id = \"{CLIENT_ID}\"\nprivate_key = \"{KEY}\"\ncertificate = \"{CERT}\"\naccess_token = \"{ACCESS_TOKEN}\"\n",
-            pki.root_file.display(),
-            server.url
-        ),
+    let work = operator_dir(
+        &server,
+        "poll_interval = \"200ms\"\n[admin]\nlisten = \"127.0.0.1:0\"",
     )
-    .unwrap();
-    let store = tokenwarden::SqliteStore::open(&work.path().join("data/tw.db")).unwrap();
-    store
-        .set(CLIENT_ID, &MTLS_CLIENT.to_string().into(), None)
-        .await
-        .unwrap();
-    drop(store);
+    .await;
+    let config = work.path().join("tokenwarden.toml");
     let daemon = DaemonProc::spawn(BIN, &config, &[("TOKENWARDEN_LOG", "debug")]).await;
     eventually(
         std::time::Duration::from_secs(20),

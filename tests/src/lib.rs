@@ -746,3 +746,48 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A TLS listener for `axum::serve` on loopback: a handshake that fails (the client does not
+/// trust the server, or the server refuses the client's certificate) is counted in
+/// `refused` and the next connection is taken.
+pub struct TlsListener {
+    /// The TCP listener.
+    pub tcp: tokio::net::TcpListener,
+    /// The server's TLS.
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// Handshakes that failed.
+    pub refused: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TlsListener {
+    /// Listens on 127.0.0.1 (a free port) with `config`.
+    pub async fn bind(config: rustls::ServerConfig) -> Self {
+        Self {
+            tcp: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            refused: Arc::default(),
+        }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            match self.acceptor.accept(tcp).await {
+                Ok(tls) => return (tls, addr),
+                Err(_) => {
+                    self.refused
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
+    }
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
