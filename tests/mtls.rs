@@ -440,6 +440,11 @@ async fn a_refused_or_broken_identity_fails_clearly_and_keeps_the_old_token() {
     let f = fixture_with(&pki.client_key, "not a certificate").await;
     let e = rt.run(&job, f.dyn_store()).await.unwrap_err();
     assert!(e.to_string().contains("no certificate found"), "{e}");
+    // A job built in code with a plain-http endpoint: there is no handshake to present in.
+    let f = registered_fixture().await;
+    let plain = mtls_job(&server.url.replace("https://", "http://"));
+    let e = rt.run(&plain, f.dyn_store()).await.unwrap_err();
+    assert!(e.to_string().contains("needs an https `token_url`"), "{e}");
     assert!(server.seen().is_empty());
 }
 

@@ -381,3 +381,50 @@ async fn a_missing_or_wrong_master_key_is_a_clear_error_never_a_new_key() {
     );
     assert!(!keys.path().join("b.key").exists());
 }
+
+/// A PostgreSQL server whose certificate a private CA signed, reachable only over TLS: the
+/// store opened as the CLI and daemon open it trusts it only when `[tls] ca_file` names
+/// the CA, as the token endpoints' connections do, and says why when it does not.
+#[tokio::test]
+async fn a_postgres_store_over_tls_trusts_what_the_tls_section_names() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use tokenwarden::egress::{Roots, Trust};
+    use tokenwarden::store::{Access, StoreBackend, StoreConfig};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let pg = PgCluster::start_tls(&cert.pem(), &key.serialize_pem());
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let mut config = StoreConfig::sqlite(dir.path().join("unused.db"));
+    config.backend = StoreBackend::Postgres(pg.tls_url());
+    config.key = KeySource::File(dir.path().join("tw.key"));
+
+    let err = tokenwarden::store::open(&config, &Trust::default(), Access::ReadWrite)
+        .await
+        .err()
+        .expect("the private CA is not trusted by default");
+    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+    let trust = Trust {
+        roots: Roots::WebPki,
+        ca_file: Some(ca_file),
+    };
+    let store = tokenwarden::store::open(&config, &trust, Access::ReadWrite)
+        .await
+        .unwrap();
+    store.set("over tls", &v("1"), None).await.unwrap();
+    assert_eq!(value(&*store, "over tls").await.as_deref(), Some("1"));
+    // The same server without TLS on TCP is refused: the store did use TLS.
+    let plain = pg.tls_url().replace("sslmode=require", "sslmode=disable");
+    let err = PgStore::connect(&plain, KeySource::File(dir.path().join("tw.key")), 1)
+        .await
+        .err()
+        .expect("plain TCP is refused");
+    assert!(err.to_string().contains("no encryption"), "{err}");
+}

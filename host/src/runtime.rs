@@ -683,6 +683,12 @@ async fn with_client_identity(
         .as_deref()
         .ok_or_else(|| RunError::Config("`tls_client_auth` needs `token_url`".into()))?;
     let origin = Origin::of_url(url).map_err(RunError::Config)?;
+    if origin.scheme != "https" {
+        // `config check` says so too; this is for jobs built in code.
+        return Err(RunError::Config(format!(
+            "`tls_client_auth` needs an https `token_url`, not {origin}"
+        )));
+    }
     match ClientIdentity::load(&job.secrets, store).await {
         Ok(identity) => {
             tracing::debug!(job = %job.name, certificate = identity.subject(), "presenting a client certificate to the token endpoint");

@@ -402,6 +402,8 @@ pub struct PgCluster {
     bin: PathBuf,
     as_postgres: bool,
     fsync: bool,
+    /// The TCP port it also listens on with TLS, when started by [`PgCluster::start_tls`].
+    tls_port: Option<u16>,
 }
 
 /// Where the PostgreSQL server binaries are: `$TOKENWARDEN_PG_BIN`, else the newest
@@ -465,6 +467,7 @@ impl PgCluster {
             bin,
             as_postgres,
             fsync,
+            tls_port: None,
         };
         cluster.run(
             "initdb",
@@ -493,6 +496,57 @@ impl PgCluster {
         cluster
     }
 
+    /// Like [`PgCluster::start`], and also listening on 127.0.0.1 with TLS only (`ssl =
+    /// on`, and `pg_hba` refusing plain TCP), under the PEM certificate chain `cert_pem`
+    /// (for 127.0.0.1) and its key `key_pem`; [`PgCluster::tls_url`] reaches it.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let mut cluster = Self::create(false);
+        cluster.stop();
+        let data = cluster.data();
+        std::fs::write(data.join("server.crt"), cert_pem).unwrap();
+        std::fs::write(data.join("server.key"), key_pem).unwrap();
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        // Plain TCP is refused: a client that did not do TLS gets nowhere.
+        let hba = std::fs::read_to_string(data.join("pg_hba.conf")).unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            format!("hostnossl all all 0.0.0.0/0 reject\nhostnossl all all ::/0 reject\n{hba}"),
+        )
+        .unwrap();
+        if cluster.as_postgres {
+            let out = std::process::Command::new("chown")
+                .args([
+                    "postgres:postgres",
+                    "server.crt",
+                    "server.key",
+                    "pg_hba.conf",
+                ])
+                .current_dir(&data)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        cluster.tls_port = Some(port);
+        cluster.start_again();
+        cluster
+    }
+
+    /// The store URL over TCP with TLS required (after [`PgCluster::start_tls`]).
+    pub fn tls_url(&self) -> String {
+        let port = self.tls_port.expect("started with start_tls");
+        format!("postgresql://postgres@127.0.0.1:{port}/tokenwarden?sslmode=require")
+    }
+
     fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -504,8 +558,11 @@ impl PgCluster {
 
     /// The store URL for the `tokenwarden` database (libpq URL with a socket host).
     pub fn url(&self) -> String {
+        let port = self
+            .tls_port
+            .map_or(String::new(), |p| format!("&port={p}"));
         format!(
-            "postgresql://postgres@/tokenwarden?host={}",
+            "postgresql://postgres@/tokenwarden?host={}{port}",
             self.socket_dir().display()
         )
     }
@@ -535,11 +592,17 @@ impl PgCluster {
     /// Starts the server (again, after [`PgCluster::stop`]) and waits until it accepts
     /// connections.
     pub fn start_again(&self) {
-        let options = format!(
-            "-k {} -c listen_addresses='' -c fsync={} -c max_connections=200",
+        let mut options = format!(
+            "-k {} -c fsync={} -c max_connections=200",
             self.socket_dir().display(),
             if self.fsync { "on" } else { "off" }
         );
+        match self.tls_port {
+            None => options.push_str(" -c listen_addresses=''"),
+            Some(port) => options.push_str(&format!(
+                " -c listen_addresses=127.0.0.1 -c port={port} -c ssl=on"
+            )),
+        }
         self.run(
             "pg_ctl",
             &[

@@ -198,7 +198,7 @@ pub(super) async fn check(config_path: &Path, as_json: bool) -> anyhow::Result<u
     let set: Option<HashMap<String, SecretMeta>> = if not_created {
         Some(HashMap::new())
     } else {
-        match crate::store::open(&config.store, Access::ReadOnly).await {
+        match crate::store::open(&config.store, &config.tls, Access::ReadOnly).await {
             Ok(store) => Some(
                 store
                     .list()

@@ -481,7 +481,7 @@ fn default_wasi(file: Option<crate::job::WasiVersion>) -> anyhow::Result<crate::
 }
 
 async fn open_store(config: &Config, access: Access) -> anyhow::Result<Arc<dyn SecretStore>> {
-    Ok(crate::store::open(&config.store, access).await?)
+    Ok(crate::store::open(&config.store, &config.tls, access).await?)
 }
 
 /// Runs a parsed command line.

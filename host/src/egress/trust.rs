@@ -1,5 +1,5 @@
-//! Which certificate authorities the host's HTTPS connections trust (token endpoints and
-//! proxy upstreams): the web PKI roots built into the binary (the default: the same on every
+//! Which certificate authorities the host's TLS connections trust (token endpoints, proxy
+//! upstreams and the PostgreSQL store): the web PKI roots built into the binary (the default: the same on every
 //! machine), the operating system's trust store, or both, plus a PEM bundle of extra CAs (a
 //! corporate CA that signs an internal identity provider or an intercepting proxy).
 

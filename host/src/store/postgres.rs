@@ -192,11 +192,22 @@ impl PgStore {
     /// as `?host=/run/postgresql`), migrates the schema and makes sure a data key exists.
     /// A password not in the URL comes from `$TOKENWARDEN_STORE_PASSWORD`; at most
     /// `pool_size` connections are open at once. TLS follows the URL's `sslmode`
-    /// (`prefer` by default), with the host's trusted roots.
+    /// (`prefer` by default), trusting the web PKI roots built into the binary.
     pub async fn connect(
         url: &str,
         source: KeySource,
         pool_size: usize,
+    ) -> Result<Self, StoreError> {
+        Self::connect_with_tls(url, source, pool_size, crate::egress::tls_config()).await
+    }
+
+    /// Like [`PgStore::connect`], with TLS trusting what `tls` trusts (from
+    /// [`crate::egress::Trust::client_config`]: a private CA, the system's store).
+    pub async fn connect_with_tls(
+        url: &str,
+        source: KeySource,
+        pool_size: usize,
+        tls: Arc<rustls::ClientConfig>,
     ) -> Result<Self, StoreError> {
         let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
             StoreError::Invalid(format!(
@@ -215,9 +226,7 @@ impl PgStore {
             config.application_name("tokenwarden");
         }
         let display = display_url(&config);
-        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
-            crate::egress::tls_config().as_ref().clone(),
-        );
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls.as_ref().clone());
         let manager = Manager::from_config(
             config,
             tls,

@@ -79,9 +79,11 @@ pub enum Access {
     ReadOnly,
 }
 
-/// Opens the store `config` describes.
+/// Opens the store `config` describes; a PostgreSQL connection over TLS trusts what
+/// `trust` (`[tls]`) names, as the token endpoints' connections do.
 pub async fn open(
     config: &StoreConfig,
+    trust: &crate::egress::Trust,
     access: Access,
 ) -> Result<Arc<dyn SecretStore>, StoreError> {
     match &config.backend {
@@ -98,8 +100,19 @@ pub async fn open(
             })??;
             Ok(Arc::new(store))
         }
-        StoreBackend::Postgres(url) => Ok(Arc::new(
-            super::postgres::PgStore::connect(url, config.key.clone(), config.pool_size).await?,
-        )),
+        StoreBackend::Postgres(url) => {
+            let tls = trust
+                .client_config()
+                .map_err(|e| StoreError::Invalid(format!("[tls]: {e}")))?;
+            Ok(Arc::new(
+                super::postgres::PgStore::connect_with_tls(
+                    url,
+                    config.key.clone(),
+                    config.pool_size,
+                    tls,
+                )
+                .await?,
+            ))
+        }
     }
 }
