@@ -406,10 +406,10 @@ async fn a_postgres_store_over_tls_trusts_what_the_tls_section_names() {
     config.backend = StoreBackend::Postgres(pg.tls_url());
     config.key = KeySource::File(dir.path().join("tw.key"));
 
-    let err = tokenwarden::store::open(&config, &Trust::default(), Access::ReadWrite)
-        .await
-        .err()
-        .expect("the private CA is not trusted by default");
+    let Err(err) = tokenwarden::store::open(&config, &Trust::default(), Access::ReadWrite).await
+    else {
+        panic!("the private CA is not trusted by default");
+    };
     assert!(err.to_string().contains("UnknownIssuer"), "{err}");
     let trust = Trust {
         roots: Roots::WebPki,
@@ -422,9 +422,9 @@ async fn a_postgres_store_over_tls_trusts_what_the_tls_section_names() {
     assert_eq!(value(&*store, "over tls").await.as_deref(), Some("1"));
     // The same server without TLS on TCP is refused: the store did use TLS.
     let plain = pg.tls_url().replace("sslmode=require", "sslmode=disable");
-    let err = PgStore::connect(&plain, KeySource::File(dir.path().join("tw.key")), 1)
-        .await
-        .err()
-        .expect("plain TCP is refused");
+    let Err(err) = PgStore::connect(&plain, KeySource::File(dir.path().join("tw.key")), 1).await
+    else {
+        panic!("plain TCP is refused");
+    };
     assert!(err.to_string().contains("no encryption"), "{err}");
 }
