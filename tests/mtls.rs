@@ -307,6 +307,40 @@ async fn import_key_and_refresh_present_the_chain_in_the_handshake() {
     let pki = pki();
     let server = start_server().await;
     let work = operator_dir(&server, "").await;
+    // A certificate the store cannot hold (over 64 KiB) stores nothing, not even the key.
+    let key = KeyPair::generate().unwrap();
+    let names: Vec<String> = (0..3000)
+        .map(|i| format!("n{i}.a-rather-long-name.big.example"))
+        .collect();
+    let big = CertificateParams::new(names)
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let out = command_in(
+        BIN,
+        work.path(),
+        &["secrets", "import-key", KEY, "--certificate", CERT],
+    )
+    .stdin(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut child = out;
+    let mut input = child.stdin.take().unwrap();
+    input
+        .write_all(format!("{}{}", key.serialize_pem(), big.pem()).as_bytes())
+        .await
+        .unwrap();
+    drop(input);
+    let out = child.wait_with_output().await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("nothing stored"), "{err}");
+    let store = tokenwarden::SqliteStore::open(&work.path().join("data/tw.db")).unwrap();
+    assert!(
+        store.get(KEY).await.unwrap().is_none(),
+        "the key was stored"
+    );
+    drop(store);
 
     let err = import_key(
         work.path(),

@@ -70,6 +70,14 @@ pub(super) async fn import(
         }
     };
     let key_value = SecretString::from(parsed.key_pem.to_string());
+    let cert_value = SecretString::from(parsed.certificate_pem().unwrap_or_default());
+    // Both values are checked before either is written: a certificate the store refuses
+    // must not leave a new key beside the old certificate.
+    crate::store::check_entry(name, &key_value).map_err(|e| stored(e))?;
+    if let Some((cert_name, _)) = cert {
+        crate::store::check_entry(cert_name, &cert_value)
+            .map_err(|e| Usage(format!("{e}; nothing stored")))?;
+    }
     store.set(name, &key_value, None).await.map_err(stored)?;
     eprintln!(
         "stored key `{name}` ({}; signing_alg {} fits it)",
@@ -78,9 +86,8 @@ pub(super) async fn import(
     );
     match (cert, &parsed.certificate) {
         (Some((cert_name, c)), _) => {
-            let chain = parsed.certificate_pem().unwrap_or_default();
             store
-                .set(cert_name, &SecretString::from(chain), None)
+                .set(cert_name, &cert_value, None)
                 .await
                 .map_err(stored)?;
             let t = c.thumbprints();
@@ -89,7 +96,9 @@ pub(super) async fn import(
                 1 => " and the 1 certificate of its chain".into(),
                 n => format!(" and the {n} certificates of its chain"),
             };
-            eprintln!("stored certificate `{cert_name}` ({}){more}", c.summary());
+            // The subject is the certificate's text: control characters are escaped.
+            let summary = crate::text::clean(&c.summary(), 1024);
+            eprintln!("stored certificate `{cert_name}` ({summary}){more}");
             eprintln!("  x5t#S256 {}\n  x5t      {}", t.sha256, t.sha1);
             if c.expired() {
                 eprintln!(

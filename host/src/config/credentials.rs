@@ -355,7 +355,7 @@ fn mtls_endpoint(cx: &Ctx<'_>, j: &RawJob, name: &str) -> Result<(), ConfigError
             "needs `token_url`, the endpoint of a server that accepts RFC 8705 client certificates ({ENTRA})"
         ),
         Some(url) if entra_host(url) => format!("cannot use Entra's `token_url`: {ENTRA}"),
-        Some(url) if !url.starts_with("https://") => {
+        Some(url) if !crate::egress::Origin::of_url(url).is_ok_and(|o| o.scheme == "https") => {
             "needs an `https` `token_url`: the certificate is presented in the TLS handshake".into()
         }
         Some(_) => return Ok(()),
@@ -613,6 +613,11 @@ mod tests {
         let both = "private_key = \"K\"\ncertificate = \"C\"";
         let c = parse(&mtls(url, both)).unwrap();
         assert_eq!(c.jobs[0].client_auth, ClientAuth::TlsClientAuth);
+        let upper = "token_url = \"HTTPS://mtls.idp.example/token\"";
+        assert!(
+            parse(&mtls(upper, both)).is_ok(),
+            "the scheme is case-insensitive"
+        );
         assert_eq!(c.jobs[0].secrets.private_key.as_deref(), Some("K"));
         let cases = [
             ("", both, "needs `token_url`"),

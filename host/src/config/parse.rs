@@ -294,6 +294,10 @@ fn parse_with(text: &str, path: &Path, blockwise: bool) -> Result<Config, Config
     // overwrite another job's credentials (or the admin token).
     let mut writers: HashMap<String, (String, Range<usize>)> = HashMap::new();
     let mut readers: HashMap<String, String> = HashMap::new();
+    // A private key is bound as `private_key` and nothing else: under any other role (a
+    // client id, a certificate, a secret, a token) the component could read or send it.
+    let mut keys: HashMap<String, String> = HashMap::new();
+    let mut other_uses: HashMap<String, String> = HashMap::new();
     // Each sink file has one job: two writing it would overwrite each other's token. Paths
     // are compared as the file system resolves them (`a/../t` is `t`, a linked folder is
     // its target), and none may be in the store's folder (the store, its key, the compile
@@ -310,6 +314,7 @@ fn parse_with(text: &str, path: &Path, blockwise: bool) -> Result<Config, Config
             "the egress proxy (`egress.proxy_credentials`)".into(),
         );
     }
+    other_uses.extend(readers.clone());
     for i in 0..count {
         let Ok((offset, job)) = next_job(i) else {
             return parse_with(text, path, false);
@@ -327,6 +332,24 @@ fn parse_with(text: &str, path: &Path, blockwise: bool) -> Result<Config, Config
         let span = offset + span.start..offset + span.end;
         if !names.insert(config.name.clone()) {
             return Err(cx.invalid(span, format!("job name `{}` is used twice", config.name)));
+        }
+        for (role, n) in config.secrets.bindings() {
+            let here = format!("job `{}`'s `secrets.{role}`", config.name);
+            let clash = if role == "private_key" {
+                keys.insert(n.to_string(), here.clone());
+                other_uses.get(n).map(|other| (here, other.clone()))
+            } else {
+                other_uses.insert(n.to_string(), here.clone());
+                keys.get(n).map(|key| (here, key.clone()))
+            };
+            if let Some((a, b)) = clash {
+                return Err(cx.invalid(
+                    span,
+                    format!(
+                        "`{n}` is both {a} and {b}; a private key is bound as `private_key` only, where nothing can read or send it"
+                    ),
+                ));
+            }
         }
         for input in config.secrets.inputs() {
             readers
@@ -1233,6 +1256,42 @@ access_token = "token"
             GOOD[GOOD.find("[[jobs]]").unwrap()..].replace("\"graph\"", "\"other\"")
         );
         assert!(err(&shared).contains("also the token of job"));
+        // A private key under any other role, in its own job or another.
+        let key_job = |name: &str, roles: &str| {
+            format!(
+                "[[jobs]]\nname = \"{name}\"\nscope = \"api\"\ntoken_url = \"https://idp.example/t\"\nclient_auth = \"tls_client_auth\"\n[jobs.secrets]\naccess_token = \"token {name}\"\n{roles}\n"
+            )
+        };
+        let own = key_job(
+            "a",
+            "client_id = \"K\"\nprivate_key = \"K\"\ncertificate = \"C\"",
+        );
+        assert!(
+            err(&own).contains("a private key is bound as `private_key` only"),
+            "{}",
+            err(&own)
+        );
+        let as_cert = key_job(
+            "a",
+            "client_id = \"I\"\nprivate_key = \"K\"\ncertificate = \"K\"",
+        );
+        assert!(err(&as_cert).contains("`K` is both"), "{}", err(&as_cert));
+        let across = format!(
+            "{}{}",
+            key_job(
+                "a",
+                "client_id = \"I\"\nprivate_key = \"K\"\ncertificate = \"C\""
+            ),
+            key_job(
+                "b",
+                "client_id = \"K\"\nprivate_key = \"K2\"\ncertificate = \"C2\""
+            )
+        );
+        assert!(
+            err(&across).contains("job `a`'s `secrets.private_key`"),
+            "{}",
+            err(&across)
+        );
     }
 
     #[test]

@@ -116,6 +116,11 @@ impl ClientIdentity {
         if !leaf.certifies(&parsed) {
             return Err(KeyError::Mismatch);
         }
+        if let Some(from) = leaf.not_yet_valid() {
+            return Err(KeyError::BadCertificate(format!(
+                "it is not valid before {from}"
+            )));
+        }
         if leaf.expired() {
             return Err(KeyError::BadCertificate(format!(
                 "it has expired ({}); import a renewed one",
@@ -238,6 +243,13 @@ mod tests {
             ClientIdentity::from_pem(&leaf, &chain).unwrap_err(),
             KeyError::NotFound(_)
         ));
+        let key_pair = rcgen::KeyPair::generate().unwrap();
+        let mut later = rcgen::CertificateParams::new(vec!["client".to_string()]).unwrap();
+        later.not_before = rcgen::date_time_ymd(2090, 1, 1);
+        later.not_after = rcgen::date_time_ymd(2091, 1, 1);
+        let later = later.self_signed(&key_pair).unwrap();
+        let e = ClientIdentity::from_pem(&key_pair.serialize_pem(), &later.pem()).unwrap_err();
+        assert!(e.to_string().contains("not valid before"), "{e}");
         let (old_key, old_leaf, _) = ca_and_leaf(true);
         let e = ClientIdentity::from_pem(&old_key, &old_leaf).unwrap_err();
         assert!(e.to_string().contains("expired"), "{e}");

@@ -262,7 +262,14 @@ impl Certificate {
     /// Whether it has expired.
     pub fn expired(&self) -> bool {
         x509_parser::parse_x509_certificate(&self.der)
-            .is_ok_and(|(_, cert)| cert.validity().time_to_expiration().is_none())
+            .is_ok_and(|(_, cert)| cert.validity().not_after < x509_parser::time::ASN1Time::now())
+    }
+
+    /// When it becomes valid, if that is still to come.
+    pub fn not_yet_valid(&self) -> Option<String> {
+        let (_, cert) = x509_parser::parse_x509_certificate(&self.der).ok()?;
+        let from = cert.validity().not_before;
+        (from > x509_parser::time::ASN1Time::now()).then(|| from.to_string())
     }
 }
 
