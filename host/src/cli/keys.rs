@@ -73,7 +73,7 @@ pub(super) async fn import(
     let cert_value = SecretString::from(parsed.certificate_pem().unwrap_or_default());
     // Both values are checked before either is written: a certificate the store refuses
     // must not leave a new key beside the old certificate.
-    crate::store::check_entry(name, &key_value).map_err(|e| stored(e))?;
+    crate::store::check_entry(name, &key_value).map_err(&stored)?;
     if let Some((cert_name, _)) = cert {
         crate::store::check_entry(cert_name, &cert_value)
             .map_err(|e| Usage(format!("{e}; nothing stored")))?;
