@@ -792,26 +792,15 @@ async fn run_refuses_an_unauthenticated_admin_api_off_loopback() {
 /// The emulator over TLS with a certificate for 127.0.0.1 that a private CA signed; the CA's
 /// PEM.
 async fn private_ca_emulator() -> (emulator::EmulatorState, std::net::SocketAddr, String) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "tokenwarden test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca)
-        .unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let pki = loopback_cert();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(pki.key_der.into());
     let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_no_client_auth()
-    .with_single_cert(vec![leaf.der().clone(), ca.der().clone()], key)
+    .with_single_cert(pki.chain, key)
     .unwrap();
     // A client that does not trust the CA ends its handshake; the listener takes the next.
     let listener = TlsListener::bind(config).await;
@@ -819,7 +808,7 @@ async fn private_ca_emulator() -> (emulator::EmulatorState, std::net::SocketAddr
     let state = emulator::EmulatorState::new(emulator::EmulatorConfig::default());
     let app = emulator::router(state.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (state, addr, ca.pem())
+    (state, addr, pki.ca_pem)
 }
 
 /// An identity provider whose certificate a private CA signed: refused with the web PKI

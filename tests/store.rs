@@ -387,21 +387,13 @@ async fn a_missing_or_wrong_master_key_is_a_clear_error_never_a_new_key() {
 /// the CA, as the token endpoints' connections do, and says why when it does not.
 #[tokio::test]
 async fn a_postgres_store_over_tls_trusts_what_the_tls_section_names() {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     use tokenwarden::egress::{Roots, Trust};
     use tokenwarden::store::{Access, StoreBackend, StoreConfig};
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    let pg = PgCluster::start_tls(&cert.pem(), &key.serialize_pem());
+    let pki = tokenwarden_tests::loopback_cert();
+    let pg = PgCluster::start_tls(&pki.cert_pem, &pki.key_pem);
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
     let mut config = StoreConfig::sqlite(dir.path().join("unused.db"));
     config.backend = StoreBackend::Postgres(pg.tls_url());
     config.key = KeySource::File(dir.path().join("tw.key"));

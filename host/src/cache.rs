@@ -10,6 +10,7 @@
 //! written, only the newest [`MAX_ENTRIES`] are kept: entries of an old wasmtime go, while
 //! the engines in use side by side (with and without WASI 0.3) keep theirs.
 
+use crate::text::hex;
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::io::Write;
@@ -49,10 +50,6 @@ impl Hasher for ShaHasher {
     fn finish(&self) -> u64 {
         unreachable!("only the digest is used")
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl CompileCache {

@@ -4,7 +4,12 @@
 //! Such text may carry terminal escapes (which clear a screen or forge a line), bidi
 //! controls (which reorder what a listing shows), zero-width characters, or simply be huge.
 //! [`clean`] makes it inert and bounded; [`is_hidden_char`] is the rule for names the store
-//! accepts.
+//! accepts. [`hex`] is how the host writes digests (key ids, fingerprints, cache names).
+
+/// `bytes` as lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// Whether `c` is a control character, a bidi or other formatting character (Unicode `Cf`,
 /// e.g. U+202E, U+200B, U+FEFF), a line or paragraph separator, or a private-use or

@@ -854,3 +854,40 @@ impl axum::serve::Listener for TlsListener {
         self.tcp.local_addr()
     }
 }
+
+/// A server certificate for 127.0.0.1 that a private CA ("tokenwarden test CA") signed.
+pub struct LoopbackCert {
+    /// The CA's certificate, PEM: what a client's `[tls] ca_file` names.
+    pub ca_pem: String,
+    /// The server's certificate, PEM.
+    pub cert_pem: String,
+    /// The server's chain, DER: its certificate, then the CA's.
+    pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The server's key, PKCS#8 PEM.
+    pub key_pem: String,
+    /// The same key, PKCS#8 DER.
+    pub key_der: Vec<u8>,
+}
+
+/// A new private CA and a certificate for 127.0.0.1 it signed.
+pub fn loopback_cert() -> LoopbackCert {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "tokenwarden test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    LoopbackCert {
+        ca_pem: ca.pem(),
+        cert_pem: cert.pem(),
+        chain: vec![cert.der().clone(), ca.der().clone()],
+        key_pem: key.serialize_pem(),
+        key_der: key.serialize_der(),
+    }
+}

@@ -62,13 +62,9 @@ impl std::fmt::Debug for ClientIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientIdentity")
             .field("subject", &self.subject)
-            .field("sha256", &hex(&self.fingerprint))
+            .field("sha256", &crate::text::hex(&self.fingerprint))
             .finish()
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl ClientIdentity {

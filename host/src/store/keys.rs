@@ -81,7 +81,7 @@ pub fn key_id(key: &[u8]) -> String {
         .chain_update(b"tokenwarden/master-key-id/v1\0")
         .chain_update(key)
         .finalize();
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    crate::text::hex(&digest[..8])
 }
 
 struct MasterKey {
